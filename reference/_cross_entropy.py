@@ -1,0 +1,145 @@
+"""cross_entropy, with the semantics of torch.nn.functional.cross_entropy.
+
+For a counted row i (target t = y_i ≠ ignore_index), with class weights w (all 1 without),
+smoothing ε, z-loss z and C classes:
+
+    ℓ_i = w_t·((1 − ε)·nll_t + z·lse²) + (ε/C)·Σ_j w_j·nll_j,      nll_j = lse − x_j
+
+reduction "sum" is Σ_i ℓ_i, "mean" is Σ_i ℓ_i / Σ_i w_{y_i} (NaN with no counted row), "none"
+the ℓ_i (0 for ignored rows). A weight of exactly 0 removes its term even where nll is +inf
+(torch computes 0·inf = NaN there). With a softcap s every x_j is s·tanh(x_j/s) first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mpmath
+from mpmath import libmp
+from mpmath.libmp import fnan, fone, fzero
+
+from reference._batch import Batch, counted_weight, prepare, smoothing_share
+from reference._certified import certified, certified_scalar
+from reference._enclosure import Enclosure
+from reference._row import Row
+
+MPF = tuple
+
+
+def cross_entropy(
+    logits: Sequence[Sequence[float]],
+    targets: Sequence[int],
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight: Sequence[float] | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> mpmath.mpf | list[mpmath.mpf]:
+    """The cross-entropy loss of N rows of C logits, correctly rounded (see the module docstring)."""
+    batch = prepare(
+        logits, targets, ignore_index, reduction, label_smoothing, weight, z_loss, softcap
+    )
+    options = batch.options
+    if options.reduction == "none":
+        counted = set(batch.counted)
+
+        def evaluate(bits: int, pending: Sequence[int]) -> dict[int, Enclosure]:
+            return {
+                i: _row_loss(batch, i, Row(batch.rows[i], bits, options.softcap), bits)
+                if i in counted
+                else Enclosure.exact(fzero)
+                for i in pending
+            }
+
+        return certified(evaluate, len(batch.rows), "cross_entropy")
+    if options.reduction == "mean" and not batch.counted:
+        return mpmath.mpf("nan")
+    return certified_scalar(lambda bits: _reduced_loss(batch, bits), "cross_entropy")
+
+
+def _reduced_loss(batch: Batch, bits: int) -> Enclosure:
+    prec = bits + 16 + len(batch.rows).bit_length()
+    total = Enclosure.exact(fzero)
+    for i in batch.counted:
+        total = total.add(
+            _row_loss(batch, i, Row(batch.rows[i], bits, batch.options.softcap), bits), prec
+        )
+    if batch.options.reduction == "sum":
+        return total
+    return _divide(total, counted_weight(batch), prec)
+
+
+def _divide(numerator: Enclosure, denominator: MPF, prec: int) -> Enclosure:
+    """numerator / denominator with IEEE's x/0 (NaN for 0/0, ±inf otherwise)."""
+    if denominator == fzero:
+        if numerator.is_exact and numerator.lo == fzero:
+            return Enclosure.exact(fnan)
+        if libmp.mpf_sign(numerator.lo) * libmp.mpf_sign(numerator.hi) <= 0:
+            return Enclosure.exact(fnan)
+        return Enclosure.exact(libmp.finf if libmp.mpf_sign(numerator.lo) > 0 else libmp.fninf)
+    return numerator.div(Enclosure.exact(denominator), prec)
+
+
+def _row_loss(batch: Batch, i: int, row: Row, bits: int) -> Enclosure:
+    """ℓ_i of a counted row."""
+    options = batch.options
+    prec = row.prec
+    t = batch.targets[i]
+    w_t = batch.weight_of(t)
+    loss = Enclosure.exact(fzero)
+    if w_t != 0 and options.smoothing != 1:
+        factor = libmp.mpf_mul(
+            libmp.from_float(w_t), libmp.mpf_sub(fone, libmp.from_float(options.smoothing))
+        )
+        loss = loss.add(row.nll(t).mul(Enclosure.exact(factor), prec), prec)
+    if w_t != 0 and options.z_loss != 0:
+        factor = libmp.mpf_mul(libmp.from_float(w_t), libmp.from_float(options.z_loss))
+        loss = loss.add(row.lse().square(prec).mul(Enclosure.exact(factor), prec), prec)
+    if options.smoothing != 0:
+        loss = loss.add(
+            smoothing_share(batch, prec).mul(_weighted_nll_sum(batch, row, prec), prec), prec
+        )
+    return loss
+
+
+def _weighted_nll_sum(batch: Batch, row: Row, prec: int) -> Enclosure:
+    """Σ_j w_j·nll_j, nll_j = (m − x_j) + log S over the finite x_j, ±inf for masked ones."""
+    infinite_signs = set()
+    finite_classes = []
+    for j in range(batch.classes):
+        w_j = batch.weight_of(j)
+        masked = row.is_masked(j) or (row.point_mass is not None and j != row.point_mass)
+        if masked:
+            if w_j != 0:
+                infinite_signs.add(w_j > 0)
+        elif w_j != 0:
+            finite_classes.append(j)
+    if infinite_signs:
+        if len(infinite_signs) == 2:
+            return Enclosure.exact(fnan)
+        return Enclosure.exact(libmp.finf if True in infinite_signs else libmp.fninf)
+    if row.point_mass is not None or len(row.finite) == 1:
+        return Enclosure.exact(fzero)  # a single class left, with nll 0
+    # Σ_{j≠top} w_j·(m − x_j) + (Σ_{j≠top} w_j)·log S + w_top·nll_top: the top class's own NLL,
+    # which may be tiny, is taken whole so that the sum keeps its relative accuracy.
+    top = row.top_index
+    other_weights = fzero
+    gaps = Enclosure.exact(fzero)
+    sum_prec = prec + len(finite_classes).bit_length()
+    for j in finite_classes:
+        if j == top or row.logits[j] == row.logits[top]:  # a tie: m − x_j is exactly 0
+            if j != top:
+                other_weights = libmp.mpf_add(other_weights, libmp.from_float(batch.weight_of(j)))
+            continue
+        w_j = libmp.from_float(batch.weight_of(j))
+        other_weights = libmp.mpf_add(other_weights, w_j)
+        gaps = gaps.add(
+            row.top.sub(row.logit(j), sum_prec).mul(Enclosure.exact(w_j), sum_prec), sum_prec
+        )
+    total = gaps.add(row.log_total().mul(Enclosure.exact(other_weights), prec), prec)
+    w_top = batch.weight_of(top)
+    if w_top != 0:
+        total = total.add(row.nll(top).mul(Enclosure.of_float(w_top), prec), prec)
+    return total

@@ -1,0 +1,90 @@
+"""exp(−t) for many t ≥ 0 at once, in integer arithmetic, each to a relative error ≤ 2^-Q.
+
+This is the oracle's hot loop: a softmax over C classes needs C exponentials. mpmath's mpf_exp
+costs about 10 µs each; this costs a few table look-ups, three integer products and a
+four-term polynomial.
+
+With G = Q + 6 guard bits, an argument t = D / 2^F (F = G + 8 fraction bits) is split as
+t = a + b/2^8 + c/2^16 + σ with a an integer, b and c bytes and 0 ≤ σ < 2^-16:
+
+    exp(−t) = exp(−a) · exp(−b/2^8) · exp(−c/2^16) · exp(−σ)
+
+The three exponentials come from tables made once per G with mpmath at G + 30 bits and stored
+as G-bit integers (error ≤ 2 units each); exp(−σ) is its Taylor polynomial, summed by Horner in
+G-bit fixed point (≤ 1.5 units: one per truncated step, plus a remainder below 2^-(G+2)).
+Relative errors, as multiples of 2^-G: exp(−a) ≤ 1 (a G+1-bit significand), exp(−b/2^8) ≤ 5.5
+(it is ≥ e^-1), exp(−c/2^16) ≤ 2.1, exp(−σ) ≤ 1.6, and the three truncating shifts of products
+that stay ≥ e^-1.01 · 2^G, ≤ 2.8 each: 18.6 in all, under 2^5. An argument known only to within
+two units of 2^-F adds 2^(1−F) = 2^(−G−7). So each term is within 2^(5−G) + 2^(−G−7) < 2^(6−G)
+= 2^-Q of its value, relatively.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from mpmath import libmp
+
+
+class ExpTerms:
+    """Tables for exp(−t) at working precision Q (relative error ≤ 2^-Q per term)."""
+
+    def __init__(self, precision: int) -> None:
+        self.precision = precision
+        self.guard_bits = guard = precision + 6
+        self.fraction_bits = guard + 8
+        table_prec = guard + 30
+        self._one = 1 << guard
+        self._byte_tables = [
+            [
+                libmp.to_fixed(
+                    libmp.mpf_exp(libmp.from_rational(-k, 1 << shift, table_prec), table_prec),
+                    guard,
+                )
+                for k in range(256)
+            ]
+            for shift in (8, 16)
+        ]
+        self._whole: dict[int, tuple[int, int]] = {}
+        # Taylor terms for exp(−σ), σ < 2^-16: the first left out, σ^(n+1)/(n+1)!, is < 2^-(G+2).
+        terms = 1
+        while 16 * (terms + 1) + math.log2(math.factorial(terms + 1)) < guard + 2:
+            terms += 1
+        self._taylor_terms = terms
+        self._sigma_mask = (1 << (self.fraction_bits - 16)) - 1
+
+    def whole(self, a: int) -> tuple[int, int]:
+        """exp(−a) as (significand of G+1 bits, exponent), truncated: error < 1 unit."""
+        cached = self._whole.get(a)
+        if cached is None:
+            prec = self.guard_bits + 30 + a.bit_length()
+            sign, man, exp, bc = libmp.mpf_exp(libmp.from_int(-a), prec)
+            shift = bc - (self.guard_bits + 1)
+            significand = man >> shift if shift >= 0 else man << -shift
+            cached = (significand, exp + shift)
+            self._whole[a] = cached
+        return cached
+
+    def exp_neg(self, fixed: int) -> tuple[int, int]:
+        """exp(−fixed / 2^F) ≈ significand · 2^exponent, relative error ≤ 2^-Q."""
+        fraction_bits = self.fraction_bits
+        guard = self.guard_bits
+        a = fixed >> fraction_bits
+        b = (fixed >> (fraction_bits - 8)) & 255
+        c = (fixed >> (fraction_bits - 16)) & 255
+        sigma = fixed & self._sigma_mask
+        one = self._one
+        poly = one
+        for k in range(self._taylor_terms, 0, -1):
+            poly = one - ((sigma * poly) >> fraction_bits) // k
+        significand, exponent = self.whole(a)
+        significand = (significand * self._byte_tables[0][b]) >> guard
+        significand = (significand * self._byte_tables[1][c]) >> guard
+        significand = (significand * poly) >> guard
+        return significand, exponent
+
+
+@lru_cache(maxsize=8)
+def exp_terms(precision: int) -> ExpTerms:
+    return ExpTerms(precision)

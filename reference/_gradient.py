@@ -1,0 +1,244 @@
+"""cross_entropy_grad: ∂ cross_entropy / ∂ logits, every element correctly rounded.
+
+For a counted row i with target t, scale c_i (grad_output, divided by Σ w_y for the mean, per
+row for "none"), class weights w (W = Σ_j w_j), smoothing ε over C classes and z-loss z:
+
+    ∂/∂x_j = c_i·[A·p_j − B_j]·tanh′_j,   A = w_t(1 − ε) + (ε/C)·W + 2z·w_t·lse,
+                                          B_j = w_t(1 − ε)·[j = t] + (ε/C)·w_j
+
+with tanh′_j = sech²(x_j/s) under a softcap s (1 without). Three forms keep every element's
+relative accuracy:
+- in general c_i·A·p_j = (c_i·A/S)·e_j, minus the pieces of B_j that are not exactly 0;
+- for the class that may hold more than half the probability, c_i·[(A − B_j) − A·(1 − p_j)] with
+  A − B_j = w_t(1 − ε)·[j ≠ t] + (ε/C)(W − w_j) + 2z·w_t·lse assembled from its exact pieces and
+  1 − p_j summed directly: no cancellation as p_j → 1;
+- when all finite logits of a row are equal, p_j = 1/k is rational and so is every element
+  before tanh′ (without z-loss): exact rational arithmetic, so that a 0 is exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import mpmath
+from mpmath import libmp
+from mpmath.libmp import fone, fzero
+
+from reference import _validate
+from reference._batch import Batch, counted_weight, prepare, smoothing_share
+from reference._certified import certified
+from reference._enclosure import Enclosure
+from reference._row import Row
+
+MPF = tuple
+
+
+def cross_entropy_grad(
+    logits: Sequence[Sequence[float]],
+    targets: Sequence[int],
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight: Sequence[float] | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    grad_output: float | Sequence[float] | None = None,
+) -> list[list[mpmath.mpf]]:
+    """∂ cross_entropy / ∂ logits (N rows of C), each element correctly rounded.
+
+    ``grad_output`` is the upstream gradient: a number for "mean" and "sum", N numbers for
+    "none" (default 1). Ignored rows are exactly zero. With reduction="mean" and no counted row
+    the gradient is zero (the loss is NaN, but no element depends on it); counted rows whose
+    target weights sum to 0 are NaN, as in PyTorch.
+    """
+    batch = prepare(
+        logits, targets, ignore_index, reduction, label_smoothing, weight, z_loss, softcap
+    )
+    options = batch.options
+    upstream = _validate.grad_output(grad_output, options.reduction, len(batch.rows))
+    gradient = [[mpmath.mpf(0)] * batch.classes for _ in batch.rows]
+    if not batch.counted:
+        return gradient
+    denominator = counted_weight(batch) if options.reduction == "mean" else fone
+    if denominator == fzero:
+        for i in batch.counted:
+            gradient[i] = [mpmath.mpf("nan")] * batch.classes
+        return gradient
+    for i in batch.counted:
+        if options.z_loss != 0 and options.softcap is None and math.inf in batch.rows[i]:
+            raise ValueError(f"logits[{i}] holds +inf: with z_loss its gradient is undefined")
+        numerator = upstream[0] if options.reduction != "none" else upstream[i]
+        gradient[i] = _row_gradient(batch, i, libmp.from_float(numerator), denominator)
+    return gradient
+
+
+def _row_gradient(batch: Batch, i: int, numerator: MPF, denominator: MPF) -> list[mpmath.mpf]:
+    constants: dict[int, _RowConstants] = {}
+
+    def evaluate(bits: int, pending: Sequence[int]) -> dict[int, Enclosure]:
+        if bits not in constants:
+            constants[bits] = _RowConstants.of(
+                batch, i, Row(batch.rows[i], bits, batch.options.softcap), numerator, denominator
+            )
+        row_constants = constants[bits]
+        return {j: row_constants.element(j) for j in pending}
+
+    return certified(evaluate, batch.classes, "cross_entropy_grad")
+
+
+@dataclass(frozen=True)
+class _TiedRow:
+    """Exact rationals for a row whose finite logits are all equal (no z-loss)."""
+
+    scale: Fraction
+    a: Fraction
+    nll_factor: Fraction
+    share: Fraction
+    probability: Fraction
+
+
+@dataclass(frozen=True)
+class _RowConstants:
+    batch: Batch
+    i: int
+    row: Row
+    scale: Enclosure  # c_i
+    a: Enclosure  # A
+    share: Enclosure  # ε/C
+    nll_factor: Enclosure  # w_t(1 − ε), exact
+    z_term: Enclosure  # 2z·w_t·lse
+    weight_total: MPF  # W, exact
+    scale_a: Enclosure  # c_i·A
+    scale_nll_factor: Enclosure  # c_i·w_t(1 − ε)
+    scale_share: Enclosure  # c_i·ε/C
+    tied: _TiedRow | None
+
+    @classmethod
+    def of(cls, batch: Batch, i: int, row: Row, numerator: MPF, denominator: MPF) -> _RowConstants:
+        options = batch.options
+        prec = row.prec
+        w_t = libmp.from_float(batch.weight_of(batch.targets[i]))
+        scale = Enclosure.exact(numerator).div(Enclosure.exact(denominator), prec)
+        share = smoothing_share(batch, prec)
+        weight_total = fzero
+        for j in range(batch.classes):
+            weight_total = libmp.mpf_add(weight_total, libmp.from_float(batch.weight_of(j)))
+        nll_factor = Enclosure.exact(
+            libmp.mpf_mul(w_t, libmp.mpf_sub(fone, libmp.from_float(options.smoothing)))
+        )
+        z_term = Enclosure.exact(fzero)
+        if options.z_loss != 0 and w_t != fzero:
+            two_z_w = libmp.mpf_mul(libmp.mpf_shift(libmp.from_float(options.z_loss), 1), w_t)
+            z_term = row.lse().mul(Enclosure.exact(two_z_w), prec)
+        a = nll_factor.add(share.mul(Enclosure.exact(weight_total), prec), prec).add(z_term, prec)
+        return cls(
+            batch=batch,
+            i=i,
+            row=row,
+            scale=scale,
+            a=a,
+            share=share,
+            nll_factor=nll_factor,
+            z_term=z_term,
+            weight_total=weight_total,
+            scale_a=scale.mul(a, prec),
+            scale_nll_factor=scale.mul(nll_factor, prec),
+            scale_share=scale.mul(share, prec),
+            tied=_tied_row(batch, i, row, numerator, denominator),
+        )
+
+    def element(self, j: int) -> Enclosure:
+        """c_i·(A·p_j − B_j)·tanh′_j, in the form that keeps its relative accuracy."""
+        batch, row, prec = self.batch, self.row, self.row.prec
+        target = j == batch.targets[self.i]
+        w_j = libmp.from_float(batch.weight_of(j))
+        smoothing = batch.options.smoothing != 0
+        if self.tied is not None:
+            element = _tied_element(batch, self.i, self.tied, j, prec)
+        elif row.dominates(j):
+            head = Enclosure.exact(fzero)
+            if not target:
+                head = head.add(self.nll_factor, prec)
+            rest_of_weight = libmp.mpf_sub(self.weight_total, w_j)
+            if smoothing and rest_of_weight != fzero:
+                head = head.add(self.share.mul(Enclosure.exact(rest_of_weight), prec), prec)
+            head = head.add(self.z_term, prec)
+            element = self.scale.mul(head.sub(self.a.mul(row.complement(j), prec), prec), prec)
+        else:
+            element = _scale_probability(self.scale_a, row, j)
+            if target:
+                element = element.sub(self.scale_nll_factor, prec)
+            if smoothing and w_j != fzero:
+                element = element.sub(self.scale_share.mul(Enclosure.exact(w_j), prec), prec)
+        if row.softcap is not None:
+            element = element.mul(_tanh_derivative(batch.rows[self.i][j], row.softcap, prec), prec)
+        return element
+
+
+def _tied_row(batch: Batch, i: int, row: Row, numerator: MPF, denominator: MPF) -> _TiedRow | None:
+    if batch.options.z_loss != 0 or row.point_mass is not None or not row.all_tied():
+        return None
+    smoothing = Fraction(batch.options.smoothing)
+    weights = [Fraction(batch.weight_of(j)) for j in range(batch.classes)]
+    nll_factor = weights[batch.targets[i]] * (1 - smoothing)
+    share = smoothing / batch.classes
+    return _TiedRow(
+        scale=Fraction(*libmp.to_rational(numerator)) / Fraction(*libmp.to_rational(denominator)),
+        a=nll_factor + share * sum(weights),
+        nll_factor=nll_factor,
+        share=share,
+        probability=Fraction(1, len(row.finite)),
+    )
+
+
+def _tied_element(batch: Batch, i: int, tied: _TiedRow, j: int, prec: int) -> Enclosure:
+    masked = batch.options.softcap is None and batch.rows[i][j] == -math.inf
+    value = tied.a * (0 if masked else tied.probability) - tied.share * Fraction(batch.weight_of(j))
+    if j == batch.targets[i]:
+        value -= tied.nll_factor
+    value *= tied.scale
+    if value == 0:
+        return Enclosure.exact(fzero)
+    return Enclosure.of_rational(value.numerator, value.denominator, prec)
+
+
+def _scale_probability(factor: Enclosure, row: Row, j: int) -> Enclosure:
+    """factor·p_j = (factor/S)·e_j, from the integer bounds of e_j (the gradient's hot path)."""
+    if row.is_masked(j) or row.point_mass is not None:
+        return factor.mul(row.probability(j), row.prec)
+    per_term = row.per_total(factor)
+    term_lo, term_hi, exponent = row.term_bounds(j)
+    if libmp.mpf_sign(per_term.lo) >= 0:
+        low, high = (per_term.lo, term_lo), (per_term.hi, term_hi)
+    elif libmp.mpf_sign(per_term.hi) <= 0:
+        low, high = (per_term.lo, term_hi), (per_term.hi, term_lo)
+    else:
+        low, high = (per_term.lo, term_hi), (per_term.hi, term_hi)
+    return Enclosure(_scaled(*low, exponent), _scaled(*high, exponent))
+
+
+def _scaled(x: MPF, integer: int, exponent: int) -> MPF:
+    """x·integer·2^exponent, exactly."""
+    sign, man, exp, bc = x
+    if not man:
+        return x  # 0, or an infinity times a positive term
+    return libmp.from_man_exp(-man * integer if sign else man * integer, exp + exponent)
+
+
+def _tanh_derivative(x: float, cap: float, prec: int) -> Enclosure:
+    """d/dx s·tanh(x/s) = sech²(x/s) = 4v/(1 + v)² with v = exp(−2|x/s|) (0 at ±inf).
+
+    Formed from v rather than as 1 − tanh², which cancels to nothing for large |x/s| while the
+    derivative, about 4·e^(−2|x|/s), still has a float64 value (or a 53-bit one) to round.
+    """
+    if math.isinf(x):
+        return Enclosure.exact(fzero)
+    ratio = Enclosure.of_float(abs(x)).div(Enclosure.of_float(cap), prec)
+    v = ratio.neg().add(ratio.neg(), prec).exp(prec)
+    one_plus_v = Enclosure.exact(fone).add(v, prec)
+    four_v = v.mul(Enclosure.exact(libmp.from_int(4)), prec)
+    return four_v.div(one_plus_v.square(prec), prec)

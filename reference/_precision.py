@@ -1,0 +1,50 @@
+"""The working precision: where the oracle starts, how it escalates, where it gives up.
+
+The oracle evaluates every result as an enclosure at a working precision of Q bits and returns
+it once the whole enclosure rounds to one float64 (Ziv's strategy). When it does not, the result
+is evaluated again at twice the precision. The starting precision is scoped to a ``with``
+block and never touches mpmath's global context.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: Enough for all but about one result in a thousand (they need ~10 bits beyond float64's 53).
+DEFAULT_START_BITS = 64
+#: Past this the enclosure still straddles a rounding boundary: the value lies within about
+#: 2^-4000 of a float64 rounding midpoint, as a midpoint plus e^-(10^30) does. Non-degenerate
+#: inputs need far less (near-cancellations of float inputs reach ~2^-110).
+MAX_BITS = 1 << 12
+
+_start_bits = contextvars.ContextVar("reference_start_bits", default=DEFAULT_START_BITS)
+
+
+@contextmanager
+def precision(bits: int) -> Iterator[None]:
+    """Start every evaluation inside the block at ``bits`` bits of working precision.
+
+    The results are the same correctly rounded floats at any starting precision; a high one
+    (``precision(2000)``) is how the tests certify the default fast path.
+    """
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 32 <= bits <= MAX_BITS:
+        raise ValueError(f"precision(bits): bits must be an int in [32, {MAX_BITS}], got {bits!r}")
+    token = _start_bits.set(bits)
+    try:
+        yield
+    finally:
+        _start_bits.reset(token)
+
+
+def working_precisions() -> Iterator[int]:
+    """The precisions to try, in order: the scoped start, doubled up to MAX_BITS."""
+    bits = _start_bits.get()
+    while bits <= MAX_BITS:
+        yield bits
+        bits *= 2
+
+
+class PrecisionExhausted(ArithmeticError):
+    """No working precision up to MAX_BITS decided the rounding of a result."""

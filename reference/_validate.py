@@ -1,0 +1,153 @@
+"""Checks on the oracle's inputs: every bad input is refused with a message naming the problem."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _number(value: Any, where: str) -> float:
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def row(values: Any, where: str = "row") -> list[float]:
+    """A row of logits as floats: not empty, no NaN (±inf allowed)."""
+    if isinstance(values, (str, bytes)) or not _iterable(values):
+        raise TypeError(f"{where} must be a sequence of numbers, got {type(values).__name__}")
+    floats = [_number(v, f"{where}[{j}]") for j, v in enumerate(values)]
+    if not floats:
+        raise ValueError(f"{where} is empty: a softmax needs at least one class")
+    for j, v in enumerate(floats):
+        if v != v:
+            raise ValueError(f"{where}[{j}] is NaN")
+    return floats
+
+
+def batch(logits: Any) -> list[list[float]]:
+    """N rows of C logits each (N may be 0)."""
+    if isinstance(logits, (str, bytes)) or not _iterable(logits):
+        raise TypeError(f"logits must be a sequence of rows, got {type(logits).__name__}")
+    rows = [row(r, f"logits[{i}]") for i, r in enumerate(logits)]
+    for i, r in enumerate(rows[1:], start=1):
+        if len(r) != len(rows[0]):
+            raise ValueError(
+                f"ragged logits: row 0 has {len(rows[0])} classes, row {i} has {len(r)}"
+            )
+    return rows
+
+
+def index(value: Any, where: str) -> int:
+    if isinstance(value, (bool, float)):
+        raise TypeError(
+            f"{where} must be an integer class index, got {type(value).__name__} {value!r}"
+        )
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{where} must be an integer class index, got {type(value).__name__} {value!r}"
+        ) from None
+
+
+def targets(values: Any, rows: int, classes: int, ignore_index: int | None) -> list[int]:
+    """N class indices in [0, C), or the ignore_index."""
+    if isinstance(values, (str, bytes)) or not _iterable(values):
+        raise TypeError(f"targets must be a sequence of ints, got {type(values).__name__}")
+    result = [index(v, f"targets[{i}]") for i, v in enumerate(values)]
+    if len(result) != rows:
+        raise ValueError(f"length mismatch: {rows} rows of logits but {len(result)} targets")
+    for i, t in enumerate(result):
+        if t != ignore_index and not 0 <= t < classes:
+            raise ValueError(
+                f"targets[{i}] = {t} is out of range for {classes} classes"
+                + (
+                    f" and is not the ignore_index ({ignore_index})"
+                    if ignore_index is not None
+                    else ""
+                )
+            )
+    return result
+
+
+def reduction(value: Any) -> str:
+    if value not in REDUCTIONS:
+        raise ValueError(
+            f"unknown reduction {value!r}: expected one of {', '.join(map(repr, REDUCTIONS))}"
+        )
+    return str(value)
+
+
+def label_smoothing(value: Any) -> float:
+    smoothing = _number(value, "label_smoothing")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {smoothing!r}")
+    return smoothing
+
+
+def finite(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if not math.isfinite(number):
+        raise ValueError(f"{where} must be finite, got {number!r}")
+    return number
+
+
+def softcap(value: Any) -> float | None:
+    if value is None:
+        return None
+    cap = finite(value, "softcap")
+    if cap <= 0:
+        raise ValueError(f"softcap must be positive (or None), got {cap!r}")
+    return cap
+
+
+def weight(values: Any, classes: int | None) -> list[float] | None:
+    """One finite weight per class, or None."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not _iterable(values):
+        raise TypeError(f"weight must be a sequence of numbers, got {type(values).__name__}")
+    weights = [finite(w, f"weight[{j}]") for j, w in enumerate(values)]
+    if classes is not None and len(weights) != classes:
+        raise ValueError(
+            f"length mismatch: weight has {len(weights)} entries for {classes} classes"
+        )
+    return weights
+
+
+def grad_output(value: Any, reduction_: str, rows: int) -> list[float]:
+    """The upstream gradient: a number for mean/sum, N numbers for none (default 1)."""
+    if reduction_ == "none":
+        if value is None:
+            return [1.0] * rows
+        if isinstance(value, (str, bytes)) or not _iterable(value):
+            raise TypeError('grad_output must be a sequence of N numbers for reduction="none"')
+        values = [finite(v, f"grad_output[{i}]") for i, v in enumerate(value)]
+        if len(values) != rows:
+            raise ValueError(
+                f"length mismatch: grad_output has {len(values)} entries for {rows} rows"
+            )
+        return values
+    if value is None:
+        return [1.0]
+    if _iterable(value) and not isinstance(value, (str, bytes)):
+        raise TypeError(f'grad_output must be a single number for reduction="{reduction_}"')
+    return [finite(value, "grad_output")]
+
+
+def _iterable(value: Any) -> bool:
+    if isinstance(value, Sequence):
+        return True
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
