@@ -1,8 +1,11 @@
 """reference: the arbitrary-precision oracle for sequence probability, NLL and cross-entropy.
 
 Pure Python and mpmath: importing it imports neither torch nor numpy. Every result is an
-``mpmath.mpf`` (a list of them for reduction="none" and for gradients) whose ``float()`` is the
-correctly rounded float64 of the exact value of the function at the given float inputs.
+``mpmath.mpf`` (a list of them for reduction="none" and for gradients) holding exactly the
+correctly rounded float64 of the exact value of the function at the given float inputs, so
+that ``float()`` of it is that float64 (mpmath's own float() would round subnormals twice;
+these need no rounding). The exception is sequence_prob, rounded to 53 bits with an unbounded
+exponent so that a probability of 2^-10000 is returned as exactly that. Zero carries no sign.
 """
 
 from reference._cross_entropy import cross_entropy

@@ -5,7 +5,8 @@ smoothing ε, z-loss z and C classes:
 
     ℓ_i = w_t·((1 − ε)·nll_t + z·lse²) + (ε/C)·Σ_j w_j·nll_j,      nll_j = lse − x_j
 
-reduction "sum" is Σ_i ℓ_i, "mean" is Σ_i ℓ_i / Σ_i w_{y_i} (NaN with no counted row), "none"
+reduction "sum" is Σ_i ℓ_i, "mean" is Σ_i ℓ_i / Σ_i w_{y_i} (NaN with no counted row, or when
+those weights sum to 0), "none"
 the ℓ_i (0 for ignored rows). A weight of exactly 0 removes its term even where nll is +inf
 (torch computes 0·inf = NaN there). With a softcap s every x_j is s·tanh(x_j/s) first.
 """
@@ -72,13 +73,9 @@ def _reduced_loss(batch: Batch, bits: int) -> Enclosure:
 
 
 def _divide(numerator: Enclosure, denominator: MPF, prec: int) -> Enclosure:
-    """numerator / denominator with IEEE's x/0 (NaN for 0/0, ±inf otherwise)."""
+    """The weighted mean; NaN when the counted weights sum to 0 (PyTorch's 0/0 in its NLL part)."""
     if denominator == fzero:
-        if numerator.is_exact and numerator.lo == fzero:
-            return Enclosure.exact(fnan)
-        if libmp.mpf_sign(numerator.lo) * libmp.mpf_sign(numerator.hi) <= 0:
-            return Enclosure.exact(fnan)
-        return Enclosure.exact(libmp.finf if libmp.mpf_sign(numerator.lo) > 0 else libmp.fninf)
+        return Enclosure.exact(fnan)
     return numerator.div(Enclosure.exact(denominator), prec)
 
 

@@ -17,12 +17,12 @@ from mpmath.libmp import fnan, fone, fzero
 
 MPF = tuple  # an mpmath raw float: (sign, mantissa, exponent, bitcount) or a special value
 
-# Values in [2^-1076, 2^-1021) are rounded straight to float64 (subnormal or near it); above,
-# rounding to a 53-bit significand is float64 rounding with an unbounded exponent, which keeps
-# results such as 2^-10000 (a sequence probability) exact while float() still rounds correctly.
+# Values in [2^-1076, 2^-1021) are rounded on float64's subnormal grid (spacing 2^-1074); above,
+# float64 rounding is rounding to a 53-bit significand.
 _SUBNORMAL_TOP = -1021
 _SUBNORMAL_BOTTOM = -1076
 _SUBNORMAL_QUANTUM = -1074
+_OVERFLOW_MAGNITUDE = 1024  # a 53-bit value ≥ 2^1024 is float64's +inf
 
 
 def widen_down(x: MPF, prec: int) -> MPF:
@@ -167,18 +167,26 @@ def _max(values: list[MPF]) -> MPF:
     return best
 
 
-def round_to_float64(x: MPF, mode: str = "n") -> MPF:
-    """x rounded as float64 would (mode "n" nearest-even, "f" floor, "c" ceiling), exponent unbounded.
+def round_to_float64(x: MPF, mode: str = "n", unbounded: bool = False) -> MPF:
+    """x rounded as float64 would: mode "n" nearest-even, "f" floor, "c" ceiling.
 
-    Inside float64's range the result equals the float64 rounding exactly; outside it, float()
-    of the result still gives the correctly rounded float64 (0.0 or ±inf).
+    The result is a float64 value (±inf past the largest, 0 below half the smallest subnormal).
+    With ``unbounded`` the exponent range is unbounded instead: the 53-bit rounding, whose
+    float() is still the correctly rounded float64 (a sequence probability of 2^-10000 stays
+    2^-10000).
     """
     sign, man, exp, bc = x
     if not man:
         return x
-    if _SUBNORMAL_BOTTOM <= exp + bc < _SUBNORMAL_TOP:
+    magnitude = exp + bc  # 2^(magnitude-1) <= |x| < 2^magnitude
+    if _SUBNORMAL_BOTTOM <= magnitude < _SUBNORMAL_TOP:
         return _round_to_subnormal_grid(sign, man, exp, mode)
-    return libmp.normalize(sign, man, exp, bc, 53, mode)
+    if magnitude < _SUBNORMAL_BOTTOM and not unbounded:
+        return fzero  # below 2^-1076: nearer 0 than the smallest subnormal (mpmath has no −0)
+    rounded = libmp.normalize(sign, man, exp, bc, 53, mode)
+    if not unbounded and rounded[2] + rounded[3] > _OVERFLOW_MAGNITUDE:
+        return libmp.fninf if sign else libmp.finf
+    return rounded
 
 
 def _round_to_subnormal_grid(sign: int, man: int, exp: int, mode: str) -> MPF:
@@ -209,7 +217,7 @@ def _is_midpoint(x: MPF) -> bool:
     return bc == 54
 
 
-def certify(enclosure: Enclosure) -> MPF | None:
+def certify(enclosure: Enclosure, unbounded: bool = False) -> MPF | None:
     """The common float64 rounding of every value in the enclosure, or None when they differ.
 
     An end of an inexact enclosure that is exactly a rounding midpoint is taken as open: the
@@ -218,15 +226,15 @@ def certify(enclosure: Enclosure) -> MPF | None:
     minus e^-(10^33) could never be decided at any precision.
     """
     lo, hi = enclosure.lo, enclosure.hi
-    rounded_lo = round_to_float64(lo)
+    rounded_lo = round_to_float64(lo, "n", unbounded)
     if rounded_lo == fnan:
         return fnan
-    rounded_hi = round_to_float64(hi)
+    rounded_hi = round_to_float64(hi, "n", unbounded)
     if rounded_lo == rounded_hi:
         return rounded_lo
     if lo != hi:
-        if _is_midpoint(hi) and round_to_float64(hi, "f") == rounded_lo:
+        if _is_midpoint(hi) and round_to_float64(hi, "f", unbounded) == rounded_lo:
             return rounded_lo
-        if _is_midpoint(lo) and round_to_float64(lo, "c") == rounded_hi:
+        if _is_midpoint(lo) and round_to_float64(lo, "c", unbounded) == rounded_hi:
             return rounded_hi
     return None

@@ -110,7 +110,8 @@ class _RowConstants:
     a: Enclosure  # A
     share: Enclosure  # ε/C
     nll_factor: Enclosure  # w_t(1 − ε), exact
-    z_term: Enclosure  # 2z·w_t·lse
+    z_top: Enclosure  # 2z·w_t·m       (2z·w_t·lse = 2z·w_t·m + 2z·w_t·log S)
+    z_log: Enclosure  # 2z·w_t·log S
     weight_total: MPF  # W, exact
     scale_a: Enclosure  # c_i·A
     scale_nll_factor: Enclosure  # c_i·w_t(1 − ε)
@@ -130,10 +131,17 @@ class _RowConstants:
         nll_factor = Enclosure.exact(
             libmp.mpf_mul(w_t, libmp.mpf_sub(fone, libmp.from_float(options.smoothing)))
         )
-        z_term = Enclosure.exact(fzero)
+        z_top = z_log = Enclosure.exact(fzero)
         if options.z_loss != 0 and w_t != fzero:
-            two_z_w = libmp.mpf_mul(libmp.mpf_shift(libmp.from_float(options.z_loss), 1), w_t)
-            z_term = row.lse().mul(Enclosure.exact(two_z_w), prec)
+            two_z_w = Enclosure.exact(
+                libmp.mpf_mul(libmp.mpf_shift(libmp.from_float(options.z_loss), 1), w_t)
+            )
+            if len(row.finite) == 1:
+                z_top = row.lse().mul(two_z_w, prec)
+            else:
+                z_top = row.top.mul(two_z_w, prec)
+                z_log = row.log_total().mul(two_z_w, prec)
+        z_term = z_top.add(z_log, prec)
         a = nll_factor.add(share.mul(Enclosure.exact(weight_total), prec), prec).add(z_term, prec)
         return cls(
             batch=batch,
@@ -143,7 +151,8 @@ class _RowConstants:
             a=a,
             share=share,
             nll_factor=nll_factor,
-            z_term=z_term,
+            z_top=z_top,
+            z_log=z_log,
             weight_total=weight_total,
             scale_a=scale.mul(a, prec),
             scale_nll_factor=scale.mul(nll_factor, prec),
@@ -152,28 +161,36 @@ class _RowConstants:
         )
 
     def element(self, j: int) -> Enclosure:
-        """c_i·(A·p_j − B_j)·tanh′_j, in the form that keeps its relative accuracy."""
+        """c_i·(A·p_j − B_j)·tanh′_j, in the form that keeps its relative accuracy.
+
+        The parts that may be exact (w_t(1 − ε), (ε/C)·w, 2z·w_t·m) are combined first and the
+        small transcendental rest is added last, so that an exact float64 midpoint plus a rest
+        of e^-(10^30) leaves the midpoint as an end of the enclosure (see certify).
+        """
         batch, row, prec = self.batch, self.row, self.row.prec
         target = j == batch.targets[self.i]
-        w_j = libmp.from_float(batch.weight_of(j))
         smoothing = batch.options.smoothing != 0
+        w_j = libmp.from_float(batch.weight_of(j)) if smoothing else fzero
         if self.tied is not None:
             element = _tied_element(batch, self.i, self.tied, j, prec)
         elif row.dominates(j):
-            head = Enclosure.exact(fzero)
+            head = self.z_top
             if not target:
                 head = head.add(self.nll_factor, prec)
             rest_of_weight = libmp.mpf_sub(self.weight_total, w_j)
-            if smoothing and rest_of_weight != fzero:
+            if smoothing and rest_of_weight != fzero:  # (ε/C)(W − w_j)
                 head = head.add(self.share.mul(Enclosure.exact(rest_of_weight), prec), prec)
-            head = head.add(self.z_term, prec)
-            element = self.scale.mul(head.sub(self.a.mul(row.complement(j), prec), prec), prec)
+            rest = self.z_log.sub(self.a.mul(row.complement(j), prec), prec)
+            element = self.scale.mul(head, prec).add(self.scale.mul(rest, prec), prec)
+        elif not target and (not smoothing or w_j == fzero) and row.softcap is None:
+            return _scale_probability(self.scale_a, row, j, rounded=True)
         else:
-            element = _scale_probability(self.scale_a, row, j)
+            offset = Enclosure.exact(fzero)
             if target:
-                element = element.sub(self.scale_nll_factor, prec)
+                offset = offset.add(self.scale_nll_factor, prec)
             if smoothing and w_j != fzero:
-                element = element.sub(self.scale_share.mul(Enclosure.exact(w_j), prec), prec)
+                offset = offset.add(self.scale_share.mul(Enclosure.exact(w_j), prec), prec)
+            element = _scale_probability(self.scale_a, row, j).sub(offset, prec)
         if row.softcap is not None:
             element = element.mul(_tanh_derivative(batch.rows[self.i][j], row.softcap, prec), prec)
         return element
@@ -206,8 +223,12 @@ def _tied_element(batch: Batch, i: int, tied: _TiedRow, j: int, prec: int) -> En
     return Enclosure.of_rational(value.numerator, value.denominator, prec)
 
 
-def _scale_probability(factor: Enclosure, row: Row, j: int) -> Enclosure:
-    """factor·p_j = (factor/S)·e_j, from the integer bounds of e_j (the gradient's hot path)."""
+def _scale_probability(factor: Enclosure, row: Row, j: int, rounded: bool = False) -> Enclosure:
+    """factor·p_j = (factor/S)·e_j, from the integer bounds of e_j (the gradient's hot path).
+
+    With ``rounded``, where the product is the whole element, an enclosure that rounds to one
+    float64 comes back as that float64 (an exact enclosure), decided in integers.
+    """
     if row.is_masked(j) or row.point_mass is not None:
         return factor.mul(row.probability(j), row.prec)
     per_term = row.per_total(factor)
@@ -218,7 +239,42 @@ def _scale_probability(factor: Enclosure, row: Row, j: int) -> Enclosure:
         low, high = (per_term.lo, term_hi), (per_term.hi, term_lo)
     else:
         low, high = (per_term.lo, term_hi), (per_term.hi, term_hi)
+    if rounded and per_term.lo[0] == per_term.hi[0] and per_term.lo[1] and per_term.hi[1]:
+        decided = _round_product(low, high, exponent)
+        if decided is not None:
+            return Enclosure(decided, decided)
     return Enclosure(_scaled(*low, exponent), _scaled(*high, exponent))
+
+
+def _round_product(low: tuple[MPF, int], high: tuple[MPF, int], exponent: int) -> MPF | None:
+    """The float64 both x·a·2^e and y·b·2^e round to, for same-signed finite x, y (None: undecided
+    here, or outside float64's normal range; the general certification then decides)."""
+    (sign, man_low, exp_low, _), integer_low = low
+    (_, man_high, exp_high, _), integer_high = high
+    base = min(exp_low, exp_high)
+    ends = sorted(
+        (
+            (man_low << (exp_low - base)) * integer_low,
+            (man_high << (exp_high - base)) * integer_high,
+        )
+    )
+    small, large = ends
+    bits = small.bit_length()
+    dropped = bits - 53
+    scale = base + exponent
+    if large.bit_length() != bits or dropped < 2 or not -1022 <= scale + bits - 1 < 1023:
+        return None
+    prefix = small >> (dropped - 1)  # 53 bits and the rounding bit
+    if prefix != large >> (dropped - 1):
+        return None
+    quotient = prefix >> 1
+    if prefix & 1:  # at or above halfway: up, unless an exact tie rounds to an even quotient
+        if quotient & 1 == 0 and not small & ((1 << (dropped - 1)) - 1):
+            if small != large:
+                return None
+        else:
+            quotient += 1
+    return libmp.from_man_exp(-quotient if sign else quotient, scale + dropped)
 
 
 def _scaled(x: MPF, integer: int, exponent: int) -> MPF:

@@ -12,12 +12,13 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: Enough for all but about one result in a thousand (they need ~10 bits beyond float64's 53).
-DEFAULT_START_BITS = 64
+#: 43 bits beyond float64's 53: a result escalates when it lies within about 2^-40 of a rounding
+#: boundary, so a row of 128,256 gradient elements almost never needs a second pass.
+DEFAULT_START_BITS = 96
 #: Past this the enclosure still straddles a rounding boundary: the value lies within about
-#: 2^-4000 of a float64 rounding midpoint, as a midpoint plus e^-(10^30) does. Non-degenerate
-#: inputs need far less (near-cancellations of float inputs reach ~2^-110).
-MAX_BITS = 1 << 12
+#: 2^-8000 of a float64 rounding boundary, as a midpoint plus e^-(10^30) does. Ordinary inputs
+#: need far less; the subnormal and softcap corners reach ~3,300 bits.
+MAX_BITS = 1 << 13
 
 _start_bits = contextvars.ContextVar("reference_start_bits", default=DEFAULT_START_BITS)
 
@@ -39,11 +40,12 @@ def precision(bits: int) -> Iterator[None]:
 
 
 def working_precisions() -> Iterator[int]:
-    """The precisions to try, in order: the scoped start, doubled up to MAX_BITS."""
+    """The precisions to try, in order: the scoped start, doubled, and MAX_BITS last."""
     bits = _start_bits.get()
-    while bits <= MAX_BITS:
+    while bits < MAX_BITS:
         yield bits
         bits *= 2
+    yield MAX_BITS
 
 
 class PrecisionExhausted(ArithmeticError):

@@ -242,8 +242,8 @@ class Row:
         """Whether e_t may exceed S/2 (p_t > 1/2): at most one class of a row does."""
         if self.point_mass is not None:
             return t == self.point_mass
-        if self.is_masked(t):
-            return False
+        if self.is_masked(t) or self._fixed[t] >> self.table.fraction_bits:
+            return False  # masked, or e_t ≤ e^-1 < 1/2 ≤ S/2
         total = self.total
         _, hi, exponent = self.term_bounds(t)
         shift = exponent - total.exp

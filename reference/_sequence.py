@@ -60,7 +60,9 @@ def sequence_prob(logits: Sequence[Sequence[float]], targets: Sequence[int]) -> 
     """
     rows, ts = _sequence(logits, targets)
     return certified_scalar(
-        lambda bits: _neg_total_nll(rows, ts, bits).exp(bits + 16 + 32), "sequence_prob"
+        lambda bits: _neg_total_nll(rows, ts, bits).exp(bits + 16 + 32),
+        "sequence_prob",
+        unbounded=True,
     )
 
 

@@ -15,7 +15,10 @@ def _number(value: Any, where: str) -> float:
     if type(value) is float:
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where} must be a real number, got {type(value).__name__} {value!r}")
+        hint = " (pass tensor.tolist(), not the tensor)" if type(value).__name__ == "Tensor" else ""
+        raise TypeError(
+            f"{where} must be a real number, got {type(value).__name__} {value!r}{hint}"
+        )
     return float(value)
 
 
