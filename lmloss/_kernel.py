@@ -59,7 +59,10 @@ class KernelUnderTest:
     @property
     def name(self) -> str:
         fn = self.spec.fn
-        return self.spec.name or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        return (
+            self.spec.name
+            or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        )
 
     def __call__(self, logits: Any, target: Any, **options: Any) -> Any:
         """Call the kernel with the suite's option names, translated to the kernel's own."""

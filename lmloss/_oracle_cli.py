@@ -32,5 +32,7 @@ def run(args: argparse.Namespace) -> int:
         prob = reference.sequence_prob(rows, [0] * n)
         logprob = reference.sequence_logprob(rows, [0] * n)
         print(f"  {n} tokens at p = 0.8: P = {float(prob):.3g}, log P = {float(logprob):.6f}")
-    print(f"  (each token's loss: {float(per_token):.6f}; the essay's '0.8^100 ≈ 6e-25' is 0.8^250)")
+    print(
+        f"  (each token's loss: {float(per_token):.6f}; the essay's '0.8^100 ≈ 6e-25' is 0.8^250)"
+    )
     return 0

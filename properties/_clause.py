@@ -78,7 +78,9 @@ class ClauseViolation(AssertionError):
             lines.append(f"  kernel: {self.kernel!r}")
         if self.error is not None and self.bound is not None:
             ratio = self.error / self.bound if self.bound else float("inf")
-            lines.append(f"  error:  {self.error:.3g}  bound: {self.bound:.3g}  ({ratio:.3g} × bound)")
+            lines.append(
+                f"  error:  {self.error:.3g}  bound: {self.bound:.3g}  ({ratio:.3g} × bound)"
+            )
         lines.append("  reproduce with:")
         lines.extend("    " + line for line in self.reproducer.splitlines())
         return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""`lmloss check`'s work: load a kernel from a SPEC, run every clause against it, collect results.
+
+Rendering lives in :mod:`lmloss._check_report`, the command line in :mod:`lmloss._check_cli`.
+The clauses come from ``properties.clauses.CLAUSES``; each one runs once per dtype under the
+Hypothesis settings of the chosen profile (:mod:`properties._runner`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from lmloss._kernel import KernelSpec, KernelUnderTest, resolve
+
+if TYPE_CHECKING:
+    from properties._clause import Clause
+    from properties._runner import ClauseResult
+
+#: What `lmloss check` with no SPEC checks: this project's production loss and PyTorch's.
+DEFAULT_KERNELS = ("lmloss:cross_entropy", "torch.nn.functional:cross_entropy")
+#: dtypes the suite has tolerances for.
+DTYPES = ("float32", "bfloat16", "float16")
+#: dtypes checked when none are asked for: on CPU the two that training uses there (float32,
+#: and bfloat16 under autocast); float16 is one --dtype away.
+DEFAULT_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16", "float16")}
+DEVICES = ("cpu", "cuda")
+#: Packages whose version every report names anyway (or that are part of lmloss).
+_NAMED_ALREADY = frozenset({"torch", "lmloss", "properties", "reference", "hypothesis"})
+
+
+class SpecError(Exception):
+    """The SPEC or the arguments cannot be used; the message says why, for a person."""
+
+
+@dataclass
+class KernelReport:
+    """Everything `lmloss check` found out about one kernel."""
+
+    kernel: KernelUnderTest
+    device: str
+    profile: str
+    dtypes: tuple[str, ...]
+    #: dtype -> why it was not checked (the kernel declares it does not support it).
+    skipped_dtypes: dict[str, str]
+    #: Versions the report names (see :func:`versions`).
+    versions: dict[str, str] = field(default_factory=dict)
+    results: list[ClauseResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        """True when every applicable clause holds for every dtype."""
+        return all(result.status in ("holds", "not applicable") for result in self.results)
+
+
+def load_kernel(spec: str) -> KernelUnderTest:
+    """Import ``module:attr`` and resolve it to a kernel; SpecError says what is wrong."""
+    module_name, colon, attribute = spec.strip().partition(":")
+    if not colon or not module_name or not attribute:
+        hint = ""
+        if not colon and "." in spec:
+            head, _, tail = spec.strip().rpartition(".")
+            hint = f" (did you mean {head}:{tail}?)"
+        raise SpecError(
+            f"SPEC {spec!r} is not of the form module:attr, "
+            f"e.g. torch.nn.functional:cross_entropy{hint}"
+        )
+    module = _import(module_name)
+    obj: object = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise SpecError(_missing_attribute(spec, obj, part))
+        obj = getattr(obj, part)
+    try:
+        return resolve(obj, source=spec.strip())
+    except TypeError as exc:
+        if isinstance(obj, KernelSpec):
+            raise SpecError(f"{spec}: the KernelSpec's fn is not callable ({exc})") from None
+        raise SpecError(
+            f"{spec} is a {type(obj).__name__}, not a callable or a lmloss.KernelSpec"
+        ) from None
+
+
+def choose_dtypes(
+    kernel: KernelUnderTest, requested: Sequence[str], device: str
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The dtypes to check (asked for, or the device's defaults) and those the kernel rules out."""
+    wanted = tuple(dict.fromkeys(requested)) or DEFAULT_DTYPES[device]
+    declared = kernel.spec.dtypes
+    if declared is None:
+        return wanted, {}
+    chosen = tuple(dtype for dtype in wanted if dtype in declared)
+    skipped = {
+        dtype: f"the kernel declares dtypes {', '.join(declared)}"
+        for dtype in wanted
+        if dtype not in declared
+    }
+    if not chosen:
+        raise SpecError(
+            f"{kernel.name} declares dtypes {', '.join(declared)}; "
+            f"none of {', '.join(wanted)} can be checked"
+        )
+    return chosen, skipped
+
+
+def check_device(kernel: KernelUnderTest, device: str) -> None:
+    """SpecError unless the kernel declares ``device`` and the machine has it."""
+    if device not in kernel.spec.devices:
+        raise SpecError(
+            f"{kernel.name} declares devices {', '.join(kernel.spec.devices)}, not {device}"
+        )
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError("--device cuda: no CUDA device is available to this PyTorch")
+
+
+def select_clauses(ids: Sequence[str]) -> tuple[Clause, ...]:
+    """Every clause of the spec, or those named (SpecError for an unknown ID)."""
+    from properties.clauses import CLAUSES
+
+    if not ids:
+        return tuple(CLAUSES)
+    known = {clause.id: clause for clause in CLAUSES}
+    unknown = [clause_id for clause_id in ids if clause_id not in known]
+    if unknown:
+        raise SpecError(f"unknown clause {', '.join(unknown)}; the clauses are {', '.join(known)}")
+    return tuple(known[clause_id] for clause_id in dict.fromkeys(ids))
+
+
+def check_kernel(
+    report: KernelReport,
+    clauses: Sequence[Clause],
+    *,
+    on_start: Callable[[Clause, str], None] = lambda clause, dtype: None,
+    on_result: Callable[[ClauseResult], None] = lambda result: None,
+) -> KernelReport:
+    """Run every clause for every dtype of ``report``, appending results as they finish."""
+    from properties._runner import run_clause
+
+    start = time.perf_counter()
+    for clause in clauses:
+        for dtype in report.dtypes:
+            on_start(clause, dtype)
+            result = run_clause(
+                clause, report.kernel, dtype=dtype, device=report.device, profile=report.profile
+            )
+            report.results.append(result)
+            on_result(result)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def versions(kernel: KernelUnderTest) -> dict[str, str]:
+    """Versions a report names: Python, torch, hypothesis, lmloss, and the kernel's package."""
+    import platform
+    from importlib import metadata
+
+    import hypothesis
+    import torch
+
+    found = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "hypothesis": hypothesis.__version__,
+        "lmloss": _distribution_version("lmloss") or "not installed (source tree)",
+    }
+    # The package the callable comes from, and the one its declared name points to (a wrapper
+    # such as properties.kernels.real names the package it wraps).
+    modules = (getattr(kernel.spec.fn, "__module__", None) or "", kernel.name)
+    packages = {module.partition(".")[0] for module in modules} - _NAMED_ALREADY
+    distributions = metadata.packages_distributions() if packages else {}
+    for package in sorted(packages):
+        for distribution in distributions.get(package, []):
+            found.setdefault(distribution, _distribution_version(distribution) or "?")
+    return found
+
+
+def _distribution_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _import(module_name: str) -> ModuleType:
+    # Like `python -m`, let a SPEC name a module in the current directory, also when run
+    # through the `lmloss` console script (whose sys.path does not hold the current directory).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise SpecError(
+                f"cannot import {module_name!r}: no module named {exc.name!r}"
+            ) from None
+        raise SpecError(f"importing {module_name!r} failed: {exc}") from None
+    except Exception as exc:  # the user's module raised while importing: say so, briefly
+        raise SpecError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def _missing_attribute(spec: str, owner: object, name: str) -> str:
+    where = getattr(owner, "__name__", type(owner).__name__)
+    message = f"{spec}: {where!r} has no attribute {name!r}"
+    close = difflib.get_close_matches(name, [n for n in dir(owner) if not n.startswith("__")])
+    if close:
+        message += f" (did you mean {', '.join(close[:3])}?)"
+    return message

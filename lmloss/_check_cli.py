@@ -1,0 +1,153 @@
+"""`lmloss check [SPEC ...]`: is this kernel the loss? Exit 0 yes, 1 no, 2 the SPEC is unusable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmloss._check import (
+    DEFAULT_KERNELS,
+    DEVICES,
+    DTYPES,
+    KernelReport,
+    SpecError,
+    check_device,
+    check_kernel,
+    choose_dtypes,
+    load_kernel,
+    select_clauses,
+    versions,
+)
+
+if TYPE_CHECKING:
+    from properties._clause import Clause
+    from properties._runner import ClauseResult
+
+EXIT_CONFORMS = 0
+EXIT_FAILS = 1
+EXIT_UNUSABLE = 2
+#: The shell's convention for a command stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="run the property suite against a cross-entropy kernel",
+        description=(
+            "Run every clause of the lmloss specification against a kernel shaped like "
+            "torch.nn.functional.cross_entropy and report which hold, with the smallest "
+            "counterexample for each that fails. Exit 0: every applicable clause holds; "
+            "1: a clause failed; 2: the SPEC or the arguments cannot be used."
+        ),
+    )
+    parser.add_argument(
+        "specs",
+        nargs="*",
+        metavar="SPEC",
+        help=(
+            "module:attr of the kernel (a callable or a lmloss.KernelSpec), imported as from "
+            f"the current directory; default: {' and '.join(DEFAULT_KERNELS)}"
+        ),
+    )
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="default: cpu")
+    parser.add_argument(
+        "--dtype",
+        dest="dtypes",
+        action="append",
+        choices=DTYPES,
+        default=[],
+        help="repeat for several; default on CPU: float32 and bfloat16",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("quick", "ci", "thorough"),
+        default="quick",
+        help=(
+            "quick (default): a couple of minutes; ci: derandomized and shorter; "
+            "thorough: 10,000 examples per clause, steered toward the largest errors"
+        ),
+    )
+    parser.add_argument(
+        "--clause",
+        dest="clauses",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="check only this clause (repeat for several); default: every clause",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        reports, clauses = _prepare(args)
+    except SpecError as exc:
+        print(f"lmloss check: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        _check_and_print(reports, clauses, args.profile)
+    except KeyboardInterrupt:
+        print("\nlmloss check: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    exit_code = EXIT_CONFORMS if all(report.passed for report in reports) else EXIT_FAILS
+    if len(reports) > 1:
+        verdict = (
+            "every kernel conforms" if exit_code == EXIT_CONFORMS else "NOT every kernel conforms"
+        )
+        print(f"\nlmloss check: {verdict} (exit {exit_code})")
+    if args.json is not None:
+        from lmloss._check_report import as_data
+
+        data = as_data(reports, exit_code)
+        args.json.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return exit_code
+
+
+def _prepare(args: argparse.Namespace) -> tuple[list[KernelReport], tuple[Clause, ...]]:
+    """Everything that can be wrong with the command line, found before any clause runs."""
+    kernels = [load_kernel(spec) for spec in args.specs or DEFAULT_KERNELS]
+    clauses = select_clauses(args.clauses)
+    if args.json is not None and not args.json.parent.is_dir():
+        raise SpecError(f"--json {args.json}: directory {args.json.parent} does not exist")
+    reports = []
+    for kernel in kernels:
+        check_device(kernel, args.device)
+        dtypes, skipped = choose_dtypes(kernel, args.dtypes, args.device)
+        report = KernelReport(kernel, args.device, args.profile, dtypes, skipped)
+        report.versions = versions(kernel)
+        reports.append(report)
+    return reports, clauses
+
+
+def _check_and_print(
+    reports: list[KernelReport], clauses: tuple[Clause, ...], profile: str
+) -> None:
+    """Run the clauses, printing each result as it comes (the report is the progress)."""
+    from lmloss import _check_report as render
+    from properties._runner import PROFILES
+
+    examples = PROFILES[profile]["max_examples"]
+    # On a terminal, say which clause is running; the result line then overwrites it.
+    show_running = sys.stderr.isatty()
+
+    def started(clause: Clause, dtype: str) -> None:
+        if show_running:
+            print(f"  {clause.id} {dtype} ...", end="\r", file=sys.stderr, flush=True)
+
+    def finished(result: ClauseResult) -> None:
+        print(render.result_line(result), flush=True)
+
+    for index, report in enumerate(reports):
+        if index:
+            print()
+        print(render.header(report, examples), flush=True)
+        check_kernel(report, clauses, on_start=started, on_result=finished)
+        failures = render.details(report)
+        if failures:
+            print(f"\n{failures}")
+        print(f"\n{render.summary(report)}", flush=True)

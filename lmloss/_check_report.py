@@ -1,0 +1,224 @@
+"""What `lmloss check` prints, and the same as data for ``--json``.
+
+The text report: a header per kernel (name, device, dtypes, profile, versions, what the kernel
+accepts and declares), one line per clause and dtype as it finishes, then for each failure the
+clause's equation, the shrunk counterexample as runnable Python, the oracle's value, the kernel's
+value, the error and its bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmloss._check import KernelReport
+    from properties._runner import ClauseResult, Status
+
+_STATUS_WORDS = {
+    "holds": "holds",
+    "fails": "FAILS",
+    "not applicable": "not applicable",
+    "error": "ERROR",
+}
+
+
+def header(report: KernelReport, examples: int) -> str:
+    kernel = report.kernel
+    lines = [f"lmloss check: {kernel.name}" + (f"  ({kernel.source})" if kernel.source else "")]
+    dtypes = ", ".join(report.dtypes)
+    lines.append(
+        f"  device {report.device} · dtypes {dtypes} · "
+        f"profile {report.profile} (up to {examples} examples per clause and dtype)"
+    )
+    for dtype, why in report.skipped_dtypes.items():
+        lines.append(f"  not checked: {dtype} ({why})")
+    lines.append(
+        "  " + " · ".join(f"{name} {version}" for name, version in report.versions.items())
+    )
+    accepts = ", ".join(sorted(kernel.accepts)) or "no keywords (plain mean over all rows)"
+    lines.append(f"  accepts: {accepts}")
+    declarations = _declarations(report)
+    if declarations:
+        lines.append(f"  declares: {'; '.join(declarations)}")
+    return "\n".join(lines)
+
+
+def result_line(result: ClauseResult) -> str:
+    """``  CE-SHIFT   float32   holds   worst 0.031 of bound   30 examples   1.2 s   title``."""
+    start = f"  {result.clause.id:<22} {result.dtype:<9}"
+    if result.status == "not applicable":
+        return f"{start} not applicable: {result.reason}"
+    head = f"{start} {_STATUS_WORDS[result.status]:<6}"
+    if result.status == "error":
+        return f"{head} the check itself raised {result.reason}"
+    if result.clause.tolerance is None:
+        worst = f"{'exact':>23}"
+    else:
+        worst = f"worst {_ratio_text(result.worst_ratio):>8} of bound"
+    return (
+        f"{head} {worst} {result.examples:>6} examples {result.seconds:>7.1f} s"
+        f"   {result.clause.title}"
+    )
+
+
+def details(report: KernelReport) -> str:
+    """The full story of each failure and error, after the per-clause lines."""
+    sections = []
+    for result in report.results:
+        if result.status == "fails" and result.violation is not None:
+            body = result.violation.render()
+        elif result.status == "error":
+            body = (
+                "the check could not be completed (an error in the check, not a verdict on "
+                f"the kernel):\n{result.detail}"
+            )
+        else:
+            continue
+        title = (
+            f"{result.clause.id} · {result.dtype} · {_STATUS_WORDS[result.status]}"
+            f" · {result.clause.title}"
+        )
+        # A clause's message may already open with its equation; say it once.
+        equation = "" if result.clause.equation in body else f"  {result.clause.equation}\n"
+        sections.append(f"{title}\n{equation}" + _indent(body, "  "))
+    return "\n\n".join(sections)
+
+
+_SUMMARY_WORDS: tuple[tuple[Status, str], ...] = (
+    ("holds", "hold"),
+    ("fails", "fail"),
+    ("error", "could not be checked"),
+    ("not applicable", "not applicable"),
+)
+
+
+def summary(report: KernelReport) -> str:
+    counts = Counter(result.status for result in report.results)
+    parts = [f"{counts[status]} {word}" for status, word in _SUMMARY_WORDS if counts[status]]
+    verdict = "conforms" if report.passed else "DOES NOT CONFORM"
+    return (
+        f"{report.kernel.name}: {verdict} ({', '.join(parts) or 'nothing checked'}; "
+        f"{', '.join(report.dtypes)} on {report.device}; {report.seconds:.1f} s)"
+    )
+
+
+def as_data(reports: Sequence[KernelReport], exit_code: int) -> dict[str, Any]:
+    """The report as JSON-ready data: non-finite numbers become the strings "inf", "-inf", "nan"."""
+    first = reports[0] if reports else None
+    return {
+        "exit_code": exit_code,
+        "device": first.device if first else None,
+        "profile": first.profile if first else None,
+        "kernels": [_kernel_data(report) for report in reports],
+    }
+
+
+def _kernel_data(report: KernelReport) -> dict[str, Any]:
+    spec = report.kernel.spec
+    return {
+        "name": report.kernel.name,
+        "source": report.kernel.source,
+        "passed": report.passed,
+        "versions": report.versions,
+        "dtypes": list(report.dtypes),
+        "skipped_dtypes": report.skipped_dtypes,
+        "accepts": sorted(report.kernel.accepts),
+        "declares": {
+            "dtypes": list(spec.dtypes) if spec.dtypes is not None else None,
+            "devices": list(spec.devices),
+            "reductions": list(spec.reductions),
+            "options": dict(spec.options),
+            "writes_input": spec.writes_input,
+            "empty_mean": spec.empty_mean,
+            "differentiable": spec.differentiable,
+        },
+        "seconds": _number(report.seconds),
+        "results": [_result_data(result) for result in report.results],
+    }
+
+
+def _result_data(result: ClauseResult) -> dict[str, Any]:
+    violation = result.violation
+    return {
+        "clause": result.clause.id,
+        "title": result.clause.title,
+        "equation": result.clause.equation,
+        "tolerance": result.clause.tolerance,
+        "dtype": result.dtype,
+        "device": result.device,
+        "status": result.status,
+        "worst_ratio": _number(result.worst_ratio),
+        "examples": result.examples,
+        "seconds": _number(result.seconds),
+        "reason": result.reason,
+        "detail": result.detail,
+        "violation": None
+        if violation is None
+        else {
+            "message": violation.message,
+            "reproducer": violation.reproducer,
+            "oracle": _value(violation.oracle),
+            "kernel": _value(violation.kernel),
+            "error": _number(violation.error),
+            "bound": _number(violation.bound),
+        },
+    }
+
+
+def _declarations(report: KernelReport) -> list[str]:
+    spec = report.kernel.spec
+    found = []
+    if spec.writes_input:
+        found.append("writes into its logits argument (the purity clause allows it)")
+    if spec.empty_mean != "nan":
+        found.append(f"a mean over no counted token returns {spec.empty_mean}")
+    if not spec.differentiable:
+        found.append("forward only (no gradient)")
+    if spec.options:
+        found.append(
+            "options " + ", ".join(f"{name} as {own!r}" for name, own in spec.options.items())
+        )
+    if tuple(spec.reductions) != ("mean", "sum", "none"):
+        found.append(f"reductions {', '.join(spec.reductions)}")
+    return found
+
+
+def _ratio_text(ratio: float) -> str:
+    if math.isinf(ratio):
+        return "inf"
+    if ratio == 0 or 1e-3 <= ratio < 1e3:
+        return f"{ratio:.3f}"
+    return f"{ratio:.2e}"
+
+
+def _number(value: Any) -> Any:
+    """A float (or int) for JSON; non-finite values as strings, None as None."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    number = float(value)
+    if math.isnan(number):
+        return "nan"
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    return number
+
+
+def _value(value: Any) -> Any:
+    """Oracle and kernel values (mpf, float, tensor, lists of them) as JSON data."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_value(item) for item in value]
+    try:
+        return _number(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line if line else line for line in text.splitlines())

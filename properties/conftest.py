@@ -1,0 +1,168 @@
+"""pytest configuration of the property suite: which kernels it checks, in which dtypes, how hard.
+
+The kernel under test, like array-api-tests' module variable:
+
+    pytest properties --kernel my_pkg.ops:cross_entropy        (repeat for several)
+    LMLOSS_KERNEL=my_pkg.ops:cross_entropy pytest properties   (comma-separated for several)
+
+Default: the kernels `lmloss check` checks with no SPEC (this project's loss and PyTorch's).
+dtypes: ``--dtype`` / ``LMLOSS_DTYPE`` (default float32 and bfloat16), restricted to those a
+KernelSpec declares. Profile: ``LMLOSS_PROFILE`` = quick (default) | ci (tox) | thorough.
+
+A section test asks for the ``check`` fixture and hands it a clause; it runs once per kernel
+and dtype (the ``kernel`` and ``dtype`` fixtures are parametrized here)::
+
+    @pytest.mark.parametrize("clause", value.CLAUSES, ids=lambda c: c.id)
+    def test_value(clause, check):
+        check(clause)
+
+Nothing here imports torch at import time: tox's oracle-standalone environment runs
+properties/oracle/ with torch not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from hypothesis import settings
+
+if TYPE_CHECKING:
+    from lmloss._kernel import KernelUnderTest
+    from properties._clause import Clause
+
+#: Same defaults as `lmloss check` (lmloss._check.DEFAULT_KERNELS, which imports torch).
+DEFAULT_KERNELS = ("lmloss:cross_entropy", "torch.nn.functional:cross_entropy")
+DEFAULT_DTYPES = ("float32", "bfloat16")
+PROFILE = os.environ.get("LMLOSS_PROFILE", "quick")
+
+# Profiles for every @given test in the repository (the oracle's tests among them); the clauses
+# run under properties._runner's own settings for the same profile name. ci is repeatable.
+settings.register_profile("quick", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=False)
+settings.register_profile("thorough", deadline=None)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lmloss", "the kernel the property suite checks")
+    group.addoption(
+        "--kernel",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="kernel under test (repeat for several); env LMLOSS_KERNEL; "
+        f"default {', '.join(DEFAULT_KERNELS)}",
+    )
+    group.addoption(
+        "--dtype",
+        action="append",
+        default=[],
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype to check (repeat for several); env LMLOSS_DTYPE; default float32, bfloat16",
+    )
+    group.addoption(
+        "--device",
+        default=os.environ.get("LMLOSS_DEVICE", "cpu"),
+        choices=("cpu", "cuda"),
+        help="device to check on; env LMLOSS_DEVICE; default cpu",
+    )
+
+
+def kernel_specs(config: pytest.Config) -> list[str]:
+    chosen = config.getoption("kernel") or _split(os.environ.get("LMLOSS_KERNEL", ""))
+    return chosen or list(DEFAULT_KERNELS)
+
+
+def dtypes(config: pytest.Config) -> list[str]:
+    return (
+        config.getoption("dtype")
+        or _split(os.environ.get("LMLOSS_DTYPE", ""))
+        or list(DEFAULT_DTYPES)
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if PROFILE not in ("quick", "ci", "thorough"):
+        raise pytest.UsageError(f"LMLOSS_PROFILE={PROFILE!r}: expected quick, ci or thorough")
+    settings.load_profile(PROFILE)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"lmloss kernels: {', '.join(kernel_specs(config))} (--kernel or LMLOSS_KERNEL)",
+        f"lmloss dtypes: {', '.join(dtypes(config))} on {config.getoption('device')}; "
+        f"profile: {PROFILE} (LMLOSS_PROFILE)",
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kernel" in metafunc.fixturenames:
+        specs = kernel_specs(metafunc.config)
+        metafunc.parametrize("kernel", specs, ids=specs, indirect=True, scope="session")
+    if "dtype" in metafunc.fixturenames:
+        metafunc.parametrize("dtype", dtypes(metafunc.config), indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def kernel(request: pytest.FixtureRequest) -> KernelUnderTest:
+    """The kernel under test, loaded from its SPEC."""
+    from lmloss._check import SpecError, load_kernel
+
+    try:
+        return load_kernel(request.param)
+    except SpecError as exc:
+        pytest.fail(f"--kernel / LMLOSS_KERNEL: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def dtype(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> str:
+    chosen: str = request.config.getoption("device")
+    if chosen == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("--device cuda: no CUDA device is available")
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def profile() -> str:
+    return PROFILE
+
+
+@pytest.fixture
+def check(
+    kernel: KernelUnderTest, dtype: str, device: str, profile: str
+) -> Callable[[Clause], Any]:
+    """check(clause): run it for this kernel and dtype; fail with the shrunk counterexample."""
+    from properties._runner import run_clause
+
+    declared = kernel.spec.dtypes
+    if declared is not None and dtype not in declared:
+        pytest.skip(f"{kernel.name} declares dtypes {', '.join(declared)}")
+    if device not in kernel.spec.devices:
+        pytest.skip(f"{kernel.name} declares devices {', '.join(kernel.spec.devices)}")
+
+    def run(clause: Clause) -> Any:
+        result = run_clause(clause, kernel, dtype=dtype, device=device, profile=profile)
+        if result.status == "not applicable":
+            pytest.skip(f"{clause.id}: {result.reason}")
+        if result.status == "fails" and result.violation is not None:
+            pytest.fail(result.violation.render(), pytrace=False)
+        if result.status == "error":
+            pytest.fail(f"{clause.id}: the check itself raised\n{result.detail}", pytrace=False)
+        return result
+
+    return run
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -1,0 +1,114 @@
+"""dtypes: float32, bfloat16 and float16 results, on identical inputs, each meet their bound.
+
+The inputs are drawn exactly representable in bfloat16 *and* float16 (hence in float32), so
+the three calls compute the loss of the very same numbers and the one oracle value judges all
+three, each against its own dtype's bound (see properties/tolerances.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from properties._checks import (
+    batch_reproducer,
+    check_close,
+    context,
+    expected_loss,
+    loss_and_gradient,
+    loss_of,
+)
+from properties._clause import Trial
+from properties._oracle import oracle_gradient
+from properties._problem import Problem
+from properties._spec import clause
+from properties.strategies import DTYPES, Drawn, batch_shapes, batches, upstream_gradients
+from properties.tolerances import gradient_bound, loss_bound
+
+#: Values of a float16 draw that bfloat16 also holds exactly (others become 0, exact in both).
+_SHARED_VALUES = "{var} = torch.where({var}.half().to(torch.bfloat16) == {var}, {var}, 0)"
+
+
+def _in_shared_values(drawn: Drawn) -> Drawn:
+    """``drawn`` rounded to bfloat16 and kept where float16 holds the same value."""
+    return drawn.then(
+        f"{drawn.name} = {drawn.name}.to(torch.bfloat16)",
+        _SHARED_VALUES.format(var=drawn.name),
+    )
+
+
+def _as_dtype(drawn: Drawn, dtype: str) -> Drawn:
+    return drawn.then(f"{drawn.name} = {drawn.name}.to({DTYPES[dtype]})")
+
+
+def _dtypes_to_check(trial: Trial) -> tuple[str, ...]:
+    return trial.kernel.spec.dtypes or tuple(DTYPES)
+
+
+@clause()
+def every_dtype_meets_its_bound_on_shared_inputs(trial: Trial) -> None:
+    """For x, w exact in bfloat16 and float16: |L_d(x) − L(x)| ≤ bound_d and |∇L_d − ∇L| ≤ bound_d for d = float32, bfloat16, float16.  [CE-DTYPES] tol: loss"""
+    drawn = trial.data.draw(
+        batches(
+            dtype="float16",
+            kernel=trial.kernel,
+            options=("ignore_index", "label_smoothing", "weight"),
+            shapes=batch_shapes(max_logits=2048),
+        ),
+        label="batch",
+    )
+    shared = replace(
+        drawn,
+        logits=_in_shared_values(drawn.logits),
+        weight=None if drawn.weight is None else _in_shared_values(drawn.weight),
+    )
+    rows = shared.x.shape[0] if shared.reduction == "none" else None
+    upstream = _in_shared_values(
+        trial.data.draw(upstream_gradients(rows=rows, dtype="float16"), label="grad_output")
+    )
+    exact = Problem.of(shared.x, shared.y, **shared.keywords())
+    exact_gradient = None
+    for dtype in _dtypes_to_check(trial):
+        batch = replace(
+            shared,
+            logits=_as_dtype(shared.logits, dtype),
+            weight=None if shared.weight is None else _as_dtype(shared.weight, dtype),
+        )
+        problem = exact.but(dtype=dtype)
+        where = f"{context(batch, trial)}; the same values in {', '.join(_dtypes_to_check(trial))}"
+        grad_output = _as_dtype(upstream, dtype)
+        keywords = batch.keywords()
+        try:
+            if trial.kernel.spec.differentiable:
+                loss, gradient = loss_and_gradient(
+                    trial, batch.x, batch.y, keywords, grad_output.value
+                )
+            else:
+                loss, gradient = loss_of(trial, batch.x, batch.y, keywords), None
+        except (RuntimeError, NotImplementedError, TypeError):
+            if trial.kernel.spec.dtypes is None and dtype == "float16":
+                continue  # float16 was not declared, only tried
+            raise
+        check_close(
+            trial,
+            quantity=f"{dtype} loss",
+            actual=loss,
+            expected=expected_loss(trial, problem),
+            bound=loss_bound(problem),
+            context=where,
+            reproducer=batch_reproducer(trial, batch),
+        )
+        if gradient is not None:
+            if exact_gradient is None:
+                exact_gradient = oracle_gradient(exact, upstream.value)
+            check_close(
+                trial,
+                quantity=f"{dtype} ∂L/∂logits",
+                actual=gradient,
+                expected=exact_gradient,
+                bound=gradient_bound(problem, upstream.value),
+                context=where,
+                reproducer=batch_reproducer(trial, batch, grad_output=grad_output),
+            )
+
+
+CLAUSES = (every_dtype_meets_its_bound_on_shared_inputs,)

@@ -1,0 +1,135 @@
+"""Gradient: ∂L/∂x is softmax minus the target distribution, scaled, and nothing else.
+
+For a counted row i with upstream gradient g_i (a scalar g for mean and sum) and factor
+a_i = g_i (sum, none) or g/Σ_{counted} w_{y_k} (mean):
+    ∂L/∂x_ij = a_i·(p_ij·T_i − t_ij),  t_ij = (1 − ε)·w_{y_i}·[j = y_i] + (ε/C)·w_j,  T_i = Σ_j t_ij,
+i.e. softmax − one-hot, scaled, in the plain case. Ignored rows get exactly zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from properties._checks import (
+    batch_reproducer,
+    check_close,
+    check_equal,
+    context,
+    expect_oracle_gradient,
+    loss_and_gradient,
+)
+from properties._clause import Trial
+from properties._problem import Problem
+from properties._spec import accepts, all_of, clause, differentiable, supports
+from properties.strategies import LOGITS_PER_EXAMPLE, batch_shapes, batches, upstream_gradients
+from properties.tolerances import gradient_row_sum_bound
+
+#: The oracle's gradient costs two to three times its loss: half the loss clauses' budget.
+GRADIENT_LOGITS = LOGITS_PER_EXAMPLE // 2
+
+
+@clause(applies=differentiable)
+def gradient_is_softmax_minus_one_hot_scaled(trial: Trial) -> None:
+    """∂L/∂x_ij = a_i·(p_ij·T_i − t_ij): softmax − one-hot, times the upstream gradient, over Σw for the mean.  [CE-GRAD] tol: gradient"""
+    batch = trial.data.draw(
+        batches(
+            dtype=trial.dtype,
+            kernel=trial.kernel,
+            reductions=("mean", "sum"),
+            options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap"),
+            shapes=batch_shapes(max_logits=GRADIENT_LOGITS),
+        ),
+        label="batch",
+    )
+    upstream = trial.data.draw(
+        upstream_gradients(rows=None, dtype=trial.dtype), label="grad_output"
+    )
+    expect_oracle_gradient(trial, batch, upstream)
+
+
+@clause(applies=all_of(differentiable, supports("none")))
+def gradient_follows_each_tokens_upstream_gradient(trial: Trial) -> None:
+    """For reduction="none", ∂(Σ_i g_i·ℓ_i)/∂x_ij = g_i·(p_ij·T_i − t_ij) for non-uniform g.  [CE-GRAD-UPSTREAM] tol: gradient"""
+    batch = trial.data.draw(
+        batches(
+            dtype=trial.dtype,
+            kernel=trial.kernel,
+            reductions=("none",),
+            options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap"),
+            shapes=batch_shapes(max_logits=GRADIENT_LOGITS),
+        ),
+        label="batch",
+    )
+    rows = batch.x.shape[0]
+    upstream = trial.data.draw(
+        upstream_gradients(rows=rows, dtype=trial.dtype), label="grad_output"
+    )
+    expect_oracle_gradient(trial, batch, upstream)
+
+
+@clause(applies=all_of(differentiable, accepts("ignore_index")))
+def ignored_rows_get_exactly_zero_gradient(trial: Trial) -> None:
+    """∂L/∂x_i· = 0 exactly when y_i = ignore_index, for every reduction and option.  [CE-GRAD-IGNORED] tol: exact"""
+    batch = trial.data.draw(
+        batches(
+            dtype=trial.dtype,
+            kernel=trial.kernel,
+            options=("label_smoothing", "weight", "z_loss", "softcap"),
+            require=("ignore_index",),
+            shapes=batch_shapes(max_logits=4 * GRADIENT_LOGITS),
+        ),
+        label="batch",
+    )
+    rows = batch.x.shape[0] if batch.reduction == "none" else None
+    upstream = trial.data.draw(
+        upstream_gradients(rows=rows, dtype=trial.dtype), label="grad_output"
+    )
+    _, gradient = loss_and_gradient(trial, batch.x, batch.y, batch.keywords(), upstream.value)
+    ignored = ~batch.counted
+    check_equal(
+        trial,
+        quantity="∂L/∂logits of ignored rows",
+        actual=gradient[ignored],
+        expected=torch.zeros_like(gradient[ignored], dtype=torch.float64),
+        context=context(batch, trial),
+        reproducer=batch_reproducer(trial, batch, grad_output=upstream),
+        expected_by="the definition",
+    )
+
+
+@clause(applies=differentiable)
+def gradient_rows_sum_to_zero(trial: Trial) -> None:
+    """Σ_j ∂L/∂x_ij = a_i·(T_i − Σ_j t_ij) = 0 for every row (without z-loss or a soft cap).  [CE-GRAD-ROW-SUM] tol: gradient_row_sum"""
+    batch = trial.data.draw(
+        batches(
+            dtype=trial.dtype,
+            kernel=trial.kernel,
+            options=("ignore_index", "label_smoothing", "weight"),
+            shapes=batch_shapes(max_logits=4 * GRADIENT_LOGITS),
+        ),
+        label="batch",
+    )
+    rows = batch.x.shape[0] if batch.reduction == "none" else None
+    upstream = trial.data.draw(
+        upstream_gradients(rows=rows, dtype=trial.dtype), label="grad_output"
+    )
+    keywords = batch.keywords()
+    _, gradient = loss_and_gradient(trial, batch.x, batch.y, keywords, upstream.value)
+    problem = Problem.of(batch.x, batch.y, **keywords)
+    check_close(
+        trial,
+        quantity="Σ_j ∂L/∂logits[i, j]",
+        actual=gradient.double().sum(dim=1),
+        expected=torch.zeros(gradient.shape[0], dtype=torch.float64),
+        bound=gradient_row_sum_bound(problem, upstream.value),
+        context=context(batch, trial),
+        reproducer=batch_reproducer(trial, batch, grad_output=upstream),
+    )
+
+
+CLAUSES = (
+    gradient_is_softmax_minus_one_hot_scaled,
+    gradient_follows_each_tokens_upstream_gradient,
+    ignored_rows_get_exactly_zero_gradient,
+    gradient_rows_sum_to_zero,
+)

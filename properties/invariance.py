@@ -1,0 +1,65 @@
+"""Shift invariance: adding the same constant to every logit of a row changes nothing.
+
+softmax(x + c·1) = softmax(x), so the loss is unchanged; a kernel that exponentiates without
+subtracting the row's maximum overflows once the shift is large enough.
+"""
+
+from __future__ import annotations
+
+from properties._checks import (
+    call_source,
+    check_close,
+    context,
+    expected_loss,
+    loss_of,
+    reproducer,
+)
+from properties._clause import Trial
+from properties._problem import Problem
+from properties._spec import clause
+from properties.strategies import Batch, batch_shapes, batches, shifted_logits
+from properties.tolerances import loss_bound
+
+
+@clause()
+def loss_is_invariant_under_a_shift(trial: Trial) -> None:
+    """L(x + c·1, y) = L(x, y) for every scalar c.  [CE-SHIFT] tol: loss"""
+    batch = trial.data.draw(
+        batches(
+            dtype=trial.dtype,
+            kernel=trial.kernel,
+            options=("ignore_index", "label_smoothing", "weight"),
+            shapes=batch_shapes(),
+        ),
+        label="batch",
+    )
+    rows, vocab = batch.x.shape
+    original, shifted, shift = trial.data.draw(
+        shifted_logits(
+            rows=rows,
+            vocab_size=vocab,
+            dtype=trial.dtype,
+            target=batch.target,
+            # Label smoothing over a masked class is infinite: no masking with it.
+            masked=batch.options.get("label_smoothing", 0.0) == 0.0,
+        ),
+        label="shifted logits",
+    )
+    moved = Batch(shifted, batch.target, batch.weight, batch.options)
+    keywords = batch.keywords()
+    exact = Problem.of(original.value, batch.y, **keywords)
+    check_close(
+        trial,
+        quantity=f"loss after a shift by c = {shift!r}",
+        actual=loss_of(trial, shifted.value, batch.y, keywords),
+        expected=expected_loss(trial, exact),
+        bound=loss_bound(Problem.of(shifted.value, batch.y, **keywords)),
+        context=context(moved, trial),
+        expected_by="the oracle, unshifted,",
+        reproducer=reproducer(
+            trial, moved.source(), call_source(trial.kernel, keywords), "print(loss)"
+        ),
+    )
+
+
+CLAUSES = (loss_is_invariant_under_a_shift,)

@@ -1,0 +1,97 @@
+"""Real kernels, wrapped so that `lmloss check` can load them by name.
+
+- ``compiled_cross_entropy``: ``torch.nn.functional.cross_entropy`` under ``torch.compile``
+  (inductor), compiled at the first call.
+- ``liger_cross_entropy``: Liger-Kernel's Triton cross-entropy (``pip install liger-kernel``),
+  imported at the first call. It writes its gradient into the logits during the forward pass,
+  so its KernelSpec declares ``writes_input``; it takes the z-loss as ``lse_square_scale``.
+  Without CUDA it runs under the Triton interpreter (TRITON_INTERPRET=1, set here when unset).
+
+Importing this module imports neither Liger nor the compiler, so it loads after a plain
+``pip install .``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmloss._kernel import KernelSpec
+
+#: Hypothesis draws a new shape, dtype or option value for almost every example, and each one
+#: may recompile. Past its recompile limit torch.compile silently falls back to eager, which
+#: would check PyTorch's eager kernel under the compiled kernel's name.
+RECOMPILE_LIMIT = 1_000_000
+
+
+def compiled_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """``F.cross_entropy`` compiled by ``torch.compile`` (dynamic shapes, inductor backend)."""
+    result: Tensor = _compiled_cross_entropy()(
+        logits,
+        target,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        weight=weight,
+    )
+    return result
+
+
+@functools.cache
+def _compiled_cross_entropy() -> Callable[..., Any]:
+    import torch._dynamo
+
+    config: Any = torch._dynamo.config
+    for limit in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(config, limit):
+            setattr(config, limit, RECOMPILE_LIMIT)
+    return torch.compile(F.cross_entropy, dynamic=True)
+
+
+def _liger_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+    lse_square_scale: float = 0.0,
+    softcap: float | None = None,
+) -> Tensor:
+    if logits.device.type == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from liger_kernel.transformers.functional import liger_cross_entropy as liger
+
+    result: Tensor = liger(
+        logits,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        lse_square_scale=lse_square_scale,
+        softcap=softcap,
+    )
+    return result
+
+
+liger_cross_entropy = KernelSpec(
+    fn=_liger_cross_entropy,
+    name="liger_kernel.transformers.functional.liger_cross_entropy",
+    writes_input=True,
+    options={"z_loss": "lse_square_scale", "softcap": "softcap"},
+)

@@ -1,0 +1,206 @@
+"""The checker has teeth: `lmloss check` fails every broken kernel and passes correct ones.
+
+Every test runs ``python -m lmloss check`` in a subprocess, as a user would. Broken kernels run
+under the ci profile (derandomized), float32, and only the clause their docstring names
+(``Caught by: CE-…``), which keeps each run to seconds; the correct kernels run every clause.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lmloss._kernel import KernelSpec  # noqa: E402
+from properties.kernels import broken  # noqa: E402
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+#: Generous: a broken kernel is caught within seconds, but shrinking may take up to 30 s
+#: (properties._runner.SHRINKING_SECONDS["ci"]) and the machine may be shared.
+SECONDS_PER_RUN = 300
+
+
+def broken_kernels() -> dict[str, tuple[str, ...]]:
+    """SPEC name -> the clauses its docstring says catch it, for every kernel in broken.py."""
+    found = {}
+    for name, obj in vars(broken).items():
+        fn = obj.fn if isinstance(obj, KernelSpec) else obj
+        if name.startswith("_") or not callable(fn) or inspect.isclass(fn):
+            continue
+        if getattr(fn, "__module__", None) != broken.__name__:
+            continue
+        caught_by = re.search(r"Caught by: (CE-[A-Z0-9-]+(?:, CE-[A-Z0-9-]+)*)", fn.__doc__ or "")
+        assert caught_by, f"{name}: its docstring must name the clause that catches it"
+        found[name] = tuple(caught_by[1].split(", "))
+    return found
+
+
+BROKEN = broken_kernels()
+
+
+def lmloss_check(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """``python -m lmloss check ARGUMENTS`` run from the repository, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "lmloss", "check", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS_PER_RUN,
+        cwd=REPOSITORY,
+    )
+
+
+def clause_options(name: str) -> list[str]:
+    """Check a broken kernel only on the clauses that catch it, float32, ci profile."""
+    options = ["--profile", "ci", "--dtype", "float32"]
+    for clause in BROKEN[name]:
+        options += ["--clause", clause]
+    return options
+
+
+def report_of(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def test_every_broken_kernel_names_a_clause_that_exists() -> None:
+    from properties.clauses import CLAUSES
+
+    known = {clause.id for clause in CLAUSES}
+    assert len(BROKEN) >= 12
+    named = {clause for clauses in BROKEN.values() for clause in clauses}
+    assert named - known == set()
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_check_fails_a_broken_kernel_on_its_clause(name: str, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    spec = f"properties.kernels.broken:{name}"
+    result = lmloss_check(spec, *clause_options(name), "--json", str(report))
+    assert result.returncode == 1, result.stdout + result.stderr
+    (kernel,) = report_of(report)["kernels"]
+    failed = [r for r in kernel["results"] if r["status"] == "fails"]
+    assert failed, result.stdout
+    assert all(r["violation"]["reproducer"] for r in failed), "a failure needs a reproducer"
+
+
+def test_check_passes_a_correct_kernel_on_every_clause(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    spec = "properties.kernels.correct:chunked_kernel"
+    result = lmloss_check(spec, "--profile", "ci", "--json", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (kernel,) = report_of(report)["kernels"]
+    assert {r["status"] for r in kernel["results"]} <= {"holds", "not applicable"}
+    assert {r["dtype"] for r in kernel["results"]} == {"float32", "bfloat16"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("torch.nn.functional.cross_entropy", "did you mean torch.nn.functional:cross_entropy"),
+        ("no_such_module_for_lmloss:kernel", "cannot import 'no_such_module_for_lmloss'"),
+        ("torch.nn.functional:cross_entropi", "did you mean cross_entropy"),
+        ("properties.kernels.correct:CHUNK_ROWS", "not a callable"),
+    ],
+)
+def test_check_exits_2_with_a_message_on_an_unusable_spec(spec: str, message: str) -> None:
+    result = lmloss_check(spec)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_exits_2_on_an_unknown_clause() -> None:
+    result = lmloss_check("torch.nn.functional:cross_entropy", "--clause", "CE-NO-SUCH")
+    assert result.returncode == 2
+    assert "unknown clause CE-NO-SUCH" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_check_exits_2_when_cuda_is_asked_for_and_missing() -> None:
+    result = lmloss_check("torch.nn.functional:cross_entropy", "--device", "cuda")
+    assert result.returncode == 2
+    assert "no CUDA device" in result.stderr
+
+
+def test_check_exits_2_on_a_bad_option() -> None:
+    assert lmloss_check("--dtype", "float8").returncode == 2
+
+
+def test_report_shows_the_failure_and_a_runnable_reproducer(tmp_path: Path) -> None:
+    name = "mean_counts_ignored_tokens"
+    spec = f"properties.kernels.broken:{name}"
+    report = tmp_path / "report.json"
+    result = lmloss_check(spec, *clause_options(name), "--json", str(report))
+    text = result.stdout
+    header = text.splitlines()[:4]
+    assert f"lmloss check: properties.kernels.broken.{name}" in header[0]
+    assert "device cpu" in header[1] and "profile ci" in header[1]
+    assert "torch " in header[2] and "hypothesis " in header[2]
+    (clause,) = BROKEN[name]
+    assert re.search(rf"^  {clause} +float32 +FAILS", text, re.M)
+    (kernel,) = report_of(report)["kernels"]
+    (failure,) = [r for r in kernel["results"] if r["status"] == "fails"]
+    violation = failure["violation"]
+    for shown in (failure["equation"], "reproduce with:", "oracle:", "kernel:", "bound:"):
+        assert shown in text
+    assert violation["error"] > violation["bound"]
+    assert "DOES NOT CONFORM" in text.splitlines()[-1]
+    # The reproducer is Python a person can paste: it runs.
+    run = subprocess.run(
+        [sys.executable, "-c", violation["reproducer"]],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS_PER_RUN,
+        cwd=REPOSITORY,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_report_shows_a_kernel_that_raises_and_how_to_repeat_the_call(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    spec = "properties.kernels.broken:flattens_with_view"
+    result = lmloss_check(spec, *clause_options("flattens_with_view"), "--json", str(report))
+    assert result.returncode == 1
+    (kernel,) = report_of(report)["kernels"]
+    (failure,) = [r for r in kernel["results"] if r["status"] == "fails"]
+    assert "the kernel raised RuntimeError" in failure["violation"]["message"]
+    run = subprocess.run(
+        [sys.executable, "-c", failure["violation"]["reproducer"]],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS_PER_RUN,
+        cwd=REPOSITORY,
+    )
+    assert "RuntimeError" in run.stderr, "the reproducer must raise as the kernel did"
+
+
+def test_no_spec_checks_the_production_loss_and_pytorch(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = lmloss_check("--clause", "CE-SUM", "--profile", "ci", "--json", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = report_of(report)
+    assert [k["source"] for k in data["kernels"]] == [
+        "lmloss:cross_entropy",
+        "torch.nn.functional:cross_entropy",
+    ]
+    assert data["exit_code"] == 0 and data["profile"] == "ci" and data["device"] == "cpu"
+
+
+def test_report_shows_what_a_kernel_declares(tmp_path: Path) -> None:
+    pytest.importorskip("liger_kernel")
+    report = tmp_path / "report.json"
+    spec = "properties.kernels.real:liger_cross_entropy"
+    options = ("--clause", "CE-PURE", "--profile", "ci", "--dtype", "float32")
+    result = lmloss_check(spec, *options, "--json", str(report))
+    assert "declares: writes into its logits argument" in result.stdout
+    (kernel,) = report_of(report)["kernels"]
+    assert kernel["declares"]["writes_input"] is True

@@ -1,0 +1,64 @@
+"""Purity: a loss reads its inputs and leaves them as they were.
+
+Unless the kernel declares ``KernelSpec(writes_input=True)`` (Liger-Kernel writes the gradient
+into the logits' storage to save memory), the logits, the targets and the class weights are
+bit-for-bit the same after the forward and the backward pass. Targets and weights must be left
+alone even then.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from properties._checks import batch_reproducer, check_equal, context
+from properties._clause import Trial
+from properties._spec import Mismatch, clause
+from properties.strategies import batches, upstream_gradients
+
+
+@clause()
+def inputs_are_left_unchanged(trial: Trial) -> None:
+    """After L = kernel(x, y, weight=w) and L.backward(): x, y and w are unchanged (x may change only where KernelSpec.writes_input).  [CE-PURE] tol: exact"""
+    batch = trial.data.draw(
+        batches(
+            dtype=trial.dtype,
+            kernel=trial.kernel,
+            options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap"),
+        ),
+        label="batch",
+    )
+    inputs = {"logits": batch.x, "target": batch.y}
+    if batch.weight is not None:
+        inputs["weight"] = batch.weight.value
+    # The kernel gets these very tensors (no copies), on the device.
+    handed = {name: value.clone().to(trial.device) for name, value in inputs.items()}
+    keywords = {**batch.keywords(), **({"weight": handed["weight"]} if "weight" in handed else {})}
+    differentiable = trial.kernel.spec.differentiable
+    logits = handed["logits"].requires_grad_(differentiable)
+    loss = trial.kernel(logits, handed["target"], **keywords)
+    upstream = None
+    if differentiable:
+        rows = batch.x.shape[0] if batch.reduction == "none" else None
+        upstream = trial.data.draw(
+            upstream_gradients(rows=rows, dtype=trial.dtype), label="grad_output"
+        )
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            raise Mismatch(
+                "the loss does not require grad: the kernel is not differentiable", reproducer=""
+            )
+        loss.backward(upstream.value.to(device=loss.device, dtype=loss.dtype).reshape(loss.shape))
+    checked = [n for n in handed if n != "logits" or not trial.kernel.spec.writes_input]
+    for name in checked:
+        check_equal(
+            trial,
+            quantity=f"{name} after the call",
+            actual=handed[name].detach().cpu(),
+            expected=inputs[name].double() if name != "target" else inputs[name],
+            context=context(batch, trial),
+            reproducer=batch_reproducer(trial, batch, grad_output=upstream)
+            + f"\n# compare {name} with its value before the call",
+            expected_by="its value before the call",
+        )
+
+
+CLAUSES = (inputs_are_left_unchanged,)

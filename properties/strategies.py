@@ -1,0 +1,768 @@
+"""Every strategy of the property suite: the inputs a correct loss must get right.
+
+The strategies aim at the hard places, not at typical inputs: vocabularies of 1 to a few
+thousand classes (odd sizes and sizes next to powers of two, where tiled kernels keep a tail),
+batches of one row to thousands, logit scales from 1e-3 to the dtype's largest finite value,
+rows of very different scales in one batch, near-ties, one dominant logit, masked (-inf)
+logits, every target ignored, and an ignore_index of any value.
+
+Every tensor is drawn as float64 values and rounded through torch to the dtype under test, so
+the kernel and the oracle see identical inputs. Each drawn tensor carries the Python that
+rebuilds it exactly (:class:`Drawn`): small tensors as literals, large ones as a seeded torch
+construction, which is also how they are built here, so the reproducer and the test input can
+never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from hypothesis import strategies as st
+
+if TYPE_CHECKING:
+    from lmloss._kernel import KernelUnderTest
+
+#: The dtypes the suite knows, by the names the checker uses.
+DTYPES: Mapping[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+REDUCTIONS = ("mean", "sum", "none")
+DEFAULT_IGNORE_INDEX = -100
+#: Tensors with at most this many elements are drawn element by element (so Hypothesis can
+#: shrink each value) and printed as literals in reproducers.
+LITERAL_LIMIT = 64
+#: What one example may cost the oracle, in logits: it spends a few microseconds per logit and
+#: about as much per row as on ROW_COST logits (measured: ~4.5 µs per logit and ~100 µs per
+#: row for the loss, 2-3 times that for the gradient), and the quick profile must finish in
+#: about two minutes on two cores. N·(C + ROW_COST) stays within the budget.
+LOGITS_PER_EXAMPLE = 8192
+ROW_COST = 24
+#: |z| of the standard-normal base values stays below this (for 4096 draws, P(|z| > 8) ≈ 5e-12;
+#: literal values are drawn within ±4), so a row's spread is at most 2 · 8 · scale.
+_BASE_SPREAD = 8.0
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
+
+
+def largest_finite(dtype: str) -> float:
+    return float(torch.finfo(torch_dtype(dtype)).max)
+
+
+def smallest_normal(dtype: str) -> float:
+    return float(torch.finfo(torch_dtype(dtype)).tiny)
+
+
+# --- Tensors that carry their own reproducer ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A drawn tensor and the Python statements that rebuild it exactly.
+
+    ``recipe`` assigns ``name`` using ``torch`` and names drawn before it (e.g. ``target``).
+    """
+
+    name: str
+    value: torch.Tensor
+    recipe: str
+    #: The tensors the recipe uses besides torch (e.g. ``target``), by name.
+    scope: Mapping[str, Any] = field(default_factory=dict)
+
+    def source(self) -> str:
+        """The statements to put in a reproducer: a literal when small, else the recipe."""
+        if self.value.numel() <= LITERAL_LIMIT:
+            return f"{self.name} = {tensor_literal(self.value)}"
+        return self.recipe
+
+    def then(self, *lines: str, scope: Mapping[str, Any] | None = None) -> Drawn:
+        """This tensor, changed by more statements (which may use the names in ``scope``)."""
+        return _build(self.name, [self.recipe, *lines], {**self.scope, **(scope or {})})
+
+
+def tensor_literal(tensor: torch.Tensor) -> str:
+    """A ``torch.tensor(...)`` expression that rebuilds ``tensor`` bit for bit."""
+    if tensor.is_floating_point():
+        values = _float_literals(tensor.detach().cpu().double().tolist())
+        return f"torch.tensor({values}, dtype={tensor.dtype})"
+    return f"torch.tensor({tensor.tolist()})"
+
+
+def _float_literals(values: Any) -> str:
+    if isinstance(values, list):
+        return "[" + ", ".join(_float_literals(v) for v in values) + "]"
+    if math.isinf(values):
+        return 'float("inf")' if values > 0 else 'float("-inf")'
+    return repr(values)
+
+
+def _build(name: str, lines: Sequence[str], scope: Mapping[str, Any] | None = None) -> Drawn:
+    """Run the recipe: the tensor under test is whatever the reproducer would build."""
+    recipe = "\n".join(lines)
+    namespace: dict[str, Any] = {"torch": torch, **(scope or {})}
+    exec(compile(recipe, f"<recipe of {name}>", "exec"), namespace)
+    return Drawn(name=name, value=namespace[name], recipe=recipe, scope=dict(scope or {}))
+
+
+def _generator(seed: int) -> str:
+    return f"torch.Generator().manual_seed({seed})"
+
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+# --- Sizes ------------------------------------------------------------------------------------
+
+
+def _near_powers_of_two(low: int, high: int) -> list[int]:
+    sizes = {v for k in range(1, 17) for v in (2**k - 1, 2**k, 2**k + 1)}
+    return sorted(v for v in sizes if low <= v <= high)
+
+
+def vocab_sizes(*, min_size: int = 1, max_size: int = 4096) -> st.SearchStrategy[int]:
+    """Vocabulary sizes C: small ones (they shrink well), sizes next to powers of two (a tile
+    and a tail of one), and anything in between (odd sizes break vector-width assumptions)."""
+    return _sizes(min_size, max_size)
+
+
+def batch_sizes(*, min_size: int = 1, max_size: int = 1024) -> st.SearchStrategy[int]:
+    """Numbers of rows N: small ones, sizes next to powers of two, anything, and the most allowed."""
+    return _sizes(min_size, max_size) | st.just(max_size)
+
+
+def _sizes(low: int, high: int) -> st.SearchStrategy[int]:
+    if low > high:
+        raise ValueError(f"empty size range [{low}, {high}]")
+    options = [st.integers(low, min(high, low + 15)), st.integers(low, high)]
+    near_powers = _near_powers_of_two(low, high)
+    if near_powers:
+        options.insert(1, st.sampled_from(near_powers))
+    return st.one_of(options)
+
+
+# --- Values -----------------------------------------------------------------------------------
+
+
+@st.composite
+def logit_scales(
+    draw: st.DrawFn, *, dtype: str, min_scale: float = 1e-3, max_scale: float | None = None
+) -> float:
+    """Positive scales, log-uniform from ``min_scale`` to ``max_scale`` (the dtype's largest
+    finite value by default), and both ends themselves; shrinks toward 1."""
+    top = largest_finite(dtype) if max_scale is None else max_scale
+    top = max(min(top, largest_finite(dtype)), min_scale)
+    where = draw(st.sampled_from(["between", "smallest", "largest"]))
+    if where == "smallest":
+        return min_scale
+    if where == "largest":
+        return top
+    return min(2.0 ** draw(st.floats(math.log2(min_scale), math.log2(top))), top)
+
+
+@st.composite
+def logit_offsets(draw: st.DrawFn, *, max_magnitude: float, far: bool = False) -> float:
+    """A shift added to a row: none, moderate, or up to ``max_magnitude`` (near the dtype's
+    limit a row's logits become exact ties after rounding: the near-tie regime). ``far``:
+    always within 2^20 of ``max_magnitude``."""
+    if far:
+        sign = draw(st.sampled_from([1.0, -1.0]))
+        top = math.log2(max_magnitude)
+        return sign * 2.0 ** draw(st.floats(top - 20.0, top))
+    moderate = min(64.0, max_magnitude)
+    size = draw(st.sampled_from(["none", "moderate", "far"]))
+    if size == "none":
+        return 0.0
+    if size == "moderate" or max_magnitude <= 64.0:
+        return draw(st.floats(-moderate, moderate))
+    sign = draw(st.sampled_from([1.0, -1.0]))
+    return sign * 2.0 ** draw(st.floats(6.0, math.log2(max_magnitude)))
+
+
+@st.composite
+def dominance_gaps(draw: st.DrawFn, *, min_gap: float = 2.0, max_gap: float) -> float:
+    """How far one logit stands from the rest: from a clear winner to one whose rivals'
+    probabilities underflow (a gap above ~88 puts p below float32's smallest normal)."""
+    top = max(max_gap, min_gap)
+    return min(2.0 ** draw(st.floats(math.log2(min_gap), math.log2(top))), top)
+
+
+def ignore_indices(*, vocab_size: int) -> st.SearchStrategy[int]:
+    """Any ignore_index: the default -100, other negatives, 0, inside the vocabulary, beyond it."""
+    return st.one_of(
+        st.just(DEFAULT_IGNORE_INDEX),
+        st.integers(min_value=-(2**31), max_value=-1),
+        st.just(0),
+        st.integers(min_value=0, max_value=max(vocab_size - 1, 0)),
+        st.integers(min_value=vocab_size, max_value=2**31),
+    )
+
+
+def label_smoothings() -> st.SearchStrategy[float]:
+    return st.one_of(st.just(0.1), st.floats(min_value=0.0, max_value=1.0))
+
+
+def z_loss_scales() -> st.SearchStrategy[float]:
+    return st.one_of(st.just(1e-4), st.floats(min_value=0.0, max_value=1.0))
+
+
+def softcaps() -> st.SearchStrategy[float]:
+    return st.one_of(st.just(30.0), st.floats(min_value=0.5, max_value=100.0))
+
+
+def ignored_fractions() -> st.SearchStrategy[float]:
+    """The share of ignored targets: none, some, most, or (one draw in eight) every one: the
+    empty mean, which has a clause of its own."""
+    return st.sampled_from([0.0, 0.25, 0.5, 0.75, 0.0, 0.25, 0.5, 1.0])
+
+
+# --- Tensors ----------------------------------------------------------------------------------
+
+
+@st.composite
+def targets(
+    draw: st.DrawFn,
+    *,
+    rows: int,
+    vocab_size: int,
+    ignore_index: int | None = DEFAULT_IGNORE_INDEX,
+    ignored: st.SearchStrategy[float] | None = None,
+    name: str = "target",
+) -> Drawn:
+    """Targets in [0, C); a drawn share of them set to ``ignore_index`` (None: none ignored)."""
+    fraction = (
+        0.0 if ignore_index is None else draw(ignored_fractions() if ignored is None else ignored)
+    )
+    if rows <= LITERAL_LIMIT:
+        values = [
+            ignore_index
+            if fraction == 1.0 or (fraction > 0.0 and draw(st.booleans()))
+            else draw(st.integers(0, vocab_size - 1))
+            for _ in range(rows)
+        ]
+        return _build(name, [f"{name} = torch.tensor({values}, dtype=torch.long)"])
+    g = _generator(draw(seeds))
+    lines = [f"g = {g}", f"{name} = torch.randint(0, {vocab_size}, ({rows},), generator=g)"]
+    if fraction > 0.0:
+        lines.append(f"{name}[torch.rand({rows}, generator=g) < {fraction}] = {ignore_index}")
+    return _build(name, lines)
+
+
+@dataclass(frozen=True)
+class _RowFamily:
+    """Rows that share a scale and an offset; a batch holds one to three families."""
+
+    scale: float
+    offset: float
+
+
+def masked_fractions() -> st.SearchStrategy[float]:
+    """The share of -inf logits (masked vocabulary): none, half, most, all but the target."""
+    return st.sampled_from([0.0, 0.5, 0.9, 1.0])
+
+
+#: Where a dominant logit may stand: nowhere, on one column for every row, on each row's
+#: target (a loss near 0), or the target far *below* the row (p(target) may underflow).
+DOMINANCE = ("nowhere", "column", "target", "below")
+
+
+@st.composite
+def logits(
+    draw: st.DrawFn,
+    *,
+    rows: int,
+    vocab_size: int,
+    dtype: str,
+    target: Drawn | None = None,
+    min_scale: float = 1e-3,
+    max_scale: float | None = None,
+    far: bool = False,
+    mixed_scales: bool = True,
+    dominance: Sequence[str] = DOMINANCE,
+    min_gap: float = 2.0,
+    ties: bool = True,
+    masked: st.SearchStrategy[float] | None = None,
+    headroom: float | None = None,
+    name: str = "logits",
+) -> Drawn:
+    """Logits (rows, C) in ``dtype``: scaled standard-normal values in one to three row
+    families of their own scale and offset (``far``: every offset near the dtype's limit),
+    optionally a dominant logit (see DOMINANCE) ``min_gap`` or more away, exact ties, and a
+    share of -inf entries drawn from ``masked`` (never on a row's target column).
+
+    Scales and gaps stay below largest/headroom (64·rows by default) so that no loss, sum or
+    gradient can overflow: a correct kernel must then return finite values, and an overflow is
+    a finding.
+    """
+    largest = largest_finite(dtype)
+    cap = largest / (headroom or 64.0 * rows)
+    top = cap if max_scale is None else min(max_scale, cap)
+    family_count = draw(st.integers(1, 3)) if mixed_scales and rows > 1 else 1
+    families = [
+        _RowFamily(
+            scale=draw(logit_scales(dtype=dtype, min_scale=min(min_scale, top), max_scale=top)),
+            offset=draw(logit_offsets(max_magnitude=largest / 2, far=far)),
+        )
+        for _ in range(family_count)
+    ]
+    # Every structural choice is drawn before the values, so that when Hypothesis shrinks the
+    # shape the choices after it keep their meaning.
+    patterns: list[str] = []
+    if ties and vocab_size > 1 and draw(st.booleans()):
+        tied = draw(st.integers(2, vocab_size))
+        patterns.append(f"{name}[:, 1:{tied}] = {name}[:, :1]  # exact ties")
+    where = draw(st.sampled_from(list(dominance)))
+    if where != "nowhere":
+        gap = draw(dominance_gaps(min_gap=min_gap, max_gap=cap))
+        every_row = f"torch.arange({rows})"
+        if where == "column":
+            column = draw(st.integers(0, vocab_size - 1))
+            patterns.append(f"{name}[:, {column}] += {gap!r}  # one dominant class")
+        elif where == "target" and target is not None:
+            patterns.append(f"{name}[{every_row}, {_kept_column(target, vocab_size)}] += {gap!r}")
+        elif where == "below" and target is not None:
+            kept = _kept_column(target, vocab_size)
+            patterns.append(f"{name}[{every_row}, {kept}] = {name}.amin(1) - {gap!r}")
+    fraction = 0.0 if masked is None or target is None or vocab_size == 1 else draw(masked)
+    if fraction > 0.0:
+        assert target is not None
+        patterns += [
+            f"masked = torch.rand({rows}, {vocab_size}, generator=g) < {fraction}",
+            f"masked[torch.arange({rows}), {_kept_column(target, vocab_size)}] = False",
+            f'{name}[masked] = float("-inf")',
+        ]
+    lines = _base_values(draw, rows, vocab_size, name)
+    lines += _row_families(draw, families, rows, name)
+    lines += patterns
+    lines.append(f"{name} = {name}.to({torch_dtype(dtype)})")
+    scope = {} if target is None else {target.name: target.value}
+    return _build(name, lines, scope)
+
+
+def _kept_column(target: Drawn, vocab_size: int) -> str:
+    """Each row's target column (any column for ignored rows, whose value may lie outside [0, C))."""
+    return f"{target.name}.reshape(-1).clamp(0, {vocab_size - 1})"
+
+
+def _base_values(draw: st.DrawFn, rows: int, vocab_size: int, name: str) -> list[str]:
+    seed = draw(seeds)
+    lines = [f"g = {_generator(seed)}"]
+    if rows * vocab_size <= LITERAL_LIMIT:
+        # Element by element, so Hypothesis can shrink each value toward a simple one.
+        values = [
+            [draw(st.floats(-4.0, 4.0, allow_subnormal=False)) for _ in range(vocab_size)]
+            for _ in range(rows)
+        ]
+        lines.append(f"{name} = torch.tensor({values!r}, dtype=torch.float64)")
+    else:
+        lines.append(
+            f"{name} = torch.randn({rows}, {vocab_size}, generator=g, dtype=torch.float64)"
+        )
+        lines.append(f"{name} = {name}.clamp({-_BASE_SPREAD}, {_BASE_SPREAD})")
+    return lines
+
+
+def _row_families(
+    draw: st.DrawFn, families: Sequence[_RowFamily], rows: int, name: str
+) -> list[str]:
+    if len(families) == 1:
+        family = families[0]
+        return [f"{name} = {name} * {family.scale!r} + {family.offset!r}"]
+    scales = [f.scale for f in families]
+    offsets = [f.offset for f in families]
+    if rows <= LITERAL_LIMIT:
+        assignment = [draw(st.integers(0, len(families) - 1)) for _ in range(rows)]
+        family_of_row = f"torch.tensor({assignment})"
+    else:
+        family_of_row = f"torch.randint(0, {len(families)}, ({rows},), generator=g)"
+    return [
+        f"family = {family_of_row}  # rows of very different scales",
+        f"{name} = {name} * torch.tensor({scales!r}, dtype=torch.float64)[family, None]"
+        f" + torch.tensor({offsets!r}, dtype=torch.float64)[family, None]",
+    ]
+
+
+@st.composite
+def class_weights(draw: st.DrawFn, *, vocab_size: int, dtype: str, name: str = "weight") -> Drawn:
+    """Positive class weights in ``dtype`` (torch requires the logits' dtype): all equal, or
+    log-uniform in [1/16, 16]."""
+    if draw(st.booleans()):
+        constant = draw(st.sampled_from([1.0, 0.5, 3.0]))
+        lines = [f"{name} = torch.full(({vocab_size},), {constant!r}, dtype={torch_dtype(dtype)})"]
+        return _build(name, lines)
+    if vocab_size <= LITERAL_LIMIT:
+        values = [2.0 ** draw(st.floats(-4.0, 4.0)) for _ in range(vocab_size)]
+        lines = [f"{name} = torch.tensor({values!r}, dtype=torch.float64)"]
+    else:
+        lines = [
+            f"g = {_generator(draw(seeds))}",
+            f"{name} = torch.exp2(torch.rand({vocab_size}, generator=g, dtype=torch.float64) * 8 - 4)",
+        ]
+    lines.append(f"{name} = {name}.to({torch_dtype(dtype)})")
+    return _build(name, lines)
+
+
+@st.composite
+def upstream_gradients(
+    draw: st.DrawFn, *, rows: int | None, dtype: str, name: str = "grad_output"
+) -> Drawn:
+    """The gradient flowing into the loss, in ``dtype``: a scalar (rows=None, for mean and sum)
+    or one value per token (reduction="none"): 1, or non-uniform values of either sign."""
+    shape = () if rows is None else (rows,)
+    size = 1 if rows is None else rows
+    if size <= LITERAL_LIMIT:
+        values = [draw(_upstream_values()) for _ in range(size)]
+        literal = values[0] if rows is None else values
+        lines = [f"{name} = torch.tensor({literal!r}, dtype=torch.float64)"]
+    else:
+        lines = [
+            f"g = {_generator(draw(seeds))}",
+            f"{name} = (torch.rand({rows}, generator=g, dtype=torch.float64) - 0.5) * 8",
+        ]
+    lines.append(f"{name} = {name}.reshape({shape}).to({torch_dtype(dtype)})")
+    return _build(name, lines)
+
+
+@st.composite
+def _upstream_values(draw: st.DrawFn) -> float:
+    if draw(st.booleans()):
+        return 1.0
+    return draw(st.sampled_from([1.0, -1.0])) * draw(st.floats(2.0**-8, 4.0))
+
+
+@st.composite
+def row_permutations(draw: st.DrawFn, *, rows: int, name: str = "order") -> Drawn:
+    """A permutation of ``rows`` row indices (a LongTensor)."""
+    if rows <= LITERAL_LIMIT:
+        order = draw(st.permutations(range(rows)))
+        return _build(name, [f"{name} = torch.tensor({order}, dtype=torch.long)"])
+    return _build(name, [f"{name} = torch.randperm({rows}, generator={_generator(draw(seeds))})"])
+
+
+@st.composite
+def row_masks(draw: st.DrawFn, *, rows: int, name: str = "rows") -> Drawn:
+    """A boolean mask over ``rows`` rows, with at least one row set."""
+    if rows <= LITERAL_LIMIT:
+        mask = [draw(st.booleans()) for _ in range(rows)]
+        mask[draw(st.integers(0, rows - 1))] = True
+        return _build(name, [f"{name} = torch.tensor({mask})"])
+    g = _generator(draw(seeds))
+    first = draw(st.integers(0, rows - 1))
+    return _build(
+        name, [f"{name} = torch.rand({rows}, generator={g}) < 0.5", f"{name}[{first}] = True"]
+    )
+
+
+# --- Batches ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One input to a loss kernel: logits (..., C), targets (...), and the keyword options."""
+
+    logits: Drawn
+    target: Drawn
+    weight: Drawn | None = None
+    #: Keywords besides weight, under the suite's names (reduction, ignore_index, label_smoothing,
+    #: z_loss, softcap); an absent keyword takes contract 2's default.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: Other drawn tensors the logits' recipe uses (rebuilt before the logits in a reproducer).
+    needs: tuple[Drawn, ...] = ()
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.logits.value
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.target.value
+
+    @property
+    def dtype(self) -> str:
+        return str(self.x.dtype).removeprefix("torch.")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.x.shape[-1]
+
+    @property
+    def reduction(self) -> str:
+        return str(self.options.get("reduction", "mean"))
+
+    @property
+    def ignore_index(self) -> int:
+        return int(self.options.get("ignore_index", DEFAULT_IGNORE_INDEX))
+
+    @property
+    def counted(self) -> torch.Tensor:
+        """Which targets count (the others equal ignore_index)."""
+        return self.y != self.ignore_index
+
+    def keywords(self) -> dict[str, Any]:
+        """The keywords to pass to the kernel (weight as a tensor)."""
+        keywords = dict(self.options)
+        if self.weight is not None:
+            keywords["weight"] = self.weight.value
+        return keywords
+
+    def with_options(self, **changes: Any) -> Batch:
+        return replace(self, options={**self.options, **changes})
+
+    def without(self, *options: str) -> Batch:
+        return replace(self, options={k: v for k, v in self.options.items() if k not in options})
+
+    def source(self) -> str:
+        """Python statements that rebuild this batch's tensors."""
+        drawn = [self.target, *self.needs, self.logits]
+        drawn += [self.weight] if self.weight is not None else []
+        return "\n".join(d.source() for d in drawn)
+
+    def describe(self) -> str:
+        parts = [f"logits {tuple(self.x.shape)} {self.dtype}", f"target {tuple(self.y.shape)}"]
+        parts += [f"{k}={v!r}" for k, v in self.options.items()]
+        if self.weight is not None:
+            parts.append("weight")
+        return ", ".join(parts)
+
+
+def _accepts(kernel: KernelUnderTest | None, option: str) -> bool:
+    return kernel is None or option in kernel.accepts
+
+
+def allowed_reductions(
+    kernel: KernelUnderTest | None, wanted: Sequence[str] = REDUCTIONS
+) -> tuple[str, ...]:
+    """The reductions the clause wants that the kernel can be asked for."""
+    if not _accepts(kernel, "reduction"):
+        return tuple(r for r in wanted if r == "mean")
+    declared = REDUCTIONS if kernel is None else kernel.spec.reductions
+    return tuple(r for r in wanted if r in declared)
+
+
+@st.composite
+def loss_options(
+    draw: st.DrawFn,
+    *,
+    vocab_size: int,
+    kernel: KernelUnderTest | None = None,
+    reductions: Sequence[str] = REDUCTIONS,
+    options: Sequence[str] = ("ignore_index", "label_smoothing", "z_loss", "softcap"),
+    require: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Keyword options for one call: each allowed option the kernel accepts is either left at
+    its default (omitted) or drawn; those in ``require`` are always drawn. Weights are drawn by
+    :func:`batches` (they are a tensor)."""
+    chosen: dict[str, Any] = {}
+    possible = allowed_reductions(kernel, reductions)
+    if not possible:
+        raise ValueError(f"the kernel supports none of the reductions {list(reductions)}")
+    reduction = draw(st.sampled_from(possible))
+    if reduction != "mean" or (_accepts(kernel, "reduction") and draw(st.booleans())):
+        chosen["reduction"] = reduction
+    values = {
+        "ignore_index": ignore_indices(vocab_size=vocab_size),
+        "label_smoothing": label_smoothings(),
+        "z_loss": z_loss_scales(),
+        "softcap": softcaps(),
+    }
+    for option, strategy in values.items():
+        wanted = option in require or (option in options and draw(st.booleans()))
+        if wanted and _accepts(kernel, option):
+            chosen[option] = draw(strategy)
+    return chosen
+
+
+@st.composite
+def batch_shapes(
+    draw: st.DrawFn,
+    *,
+    min_rows: int = 1,
+    max_rows: int = 4096,
+    min_vocab: int = 1,
+    max_vocab: int = 4096,
+    max_logits: int = LOGITS_PER_EXAMPLE,
+    tall: bool = False,
+) -> tuple[int, int]:
+    """(N, C) within the oracle's budget (N·(C + ROW_COST) ≤ max_logits): wide batches (few
+    rows, thousands of classes) and narrow ones (hundreds of rows). ``tall`` adds, one draw in
+    sixteen, thousands of rows of at most four classes, where a reduction's accumulation shows
+    (rarely: the oracle spends about a second on one, more while shrinking)."""
+    if tall and max_rows >= 1024 and min_vocab <= 4 and draw(st.integers(0, 15)) == 0:
+        rows = draw(st.integers(max(1024, min_rows), max(1024, min(max_rows, 4096))))
+        return rows, draw(st.integers(min_vocab, min(4, max_vocab)))
+    vocab_limit = min(max_vocab, max_logits // min_rows - ROW_COST)
+    vocab = draw(vocab_sizes(min_size=min_vocab, max_size=vocab_limit))
+    rows = draw(
+        batch_sizes(min_size=min_rows, max_size=min(max_rows, max_logits // (vocab + ROW_COST)))
+    )
+    return rows, vocab
+
+
+@st.composite
+def batches(
+    draw: st.DrawFn,
+    *,
+    dtype: str,
+    kernel: KernelUnderTest | None = None,
+    reductions: Sequence[str] = REDUCTIONS,
+    options: Sequence[str] = ("ignore_index", "label_smoothing", "weight"),
+    require: Sequence[str] = (),
+    shapes: st.SearchStrategy[tuple[int, int]] | None = None,
+    ignored: st.SearchStrategy[float] | None = None,
+    masked: st.SearchStrategy[float] | None = None,
+    **logit_options: Any,
+) -> Batch:
+    """A whole input: shape, options the kernel accepts, targets, logits and class weights.
+
+    ``options`` limits which keywords may be drawn (the kernel's signature limits them too),
+    ``require`` names those always drawn; the other keywords go to :func:`logits`. Masked logits are not combined with label
+    smoothing, whose every class term would then be infinite.
+    """
+    rows, vocab = draw(batch_shapes() if shapes is None else shapes)
+    chosen = draw(
+        loss_options(
+            vocab_size=vocab, kernel=kernel, reductions=reductions, options=options, require=require
+        )
+    )
+    # Targets may equal the default ignore_index even when the keyword is not passed; a kernel
+    # that takes no ignore_index keyword is never handed an ignored target.
+    ignore = chosen.get("ignore_index", DEFAULT_IGNORE_INDEX)
+    if not _accepts(kernel, "ignore_index"):
+        ignore = None
+    target = draw(targets(rows=rows, vocab_size=vocab, ignore_index=ignore, ignored=ignored))
+    smoothing = chosen.get("label_smoothing", 0.0) > 0.0
+    drawn_logits = draw(
+        logits(
+            rows=rows,
+            vocab_size=vocab,
+            dtype=dtype,
+            target=target,
+            masked=None if smoothing else (masked_fractions() if masked is None else masked),
+            headroom=64.0 * rows * (vocab if smoothing else 1),
+            **logit_options,
+        )
+    )
+    weight = None
+    wants_weight = "weight" in require or ("weight" in options and draw(st.booleans()))
+    if wants_weight and _accepts(kernel, "weight"):
+        weight = draw(class_weights(vocab_size=vocab, dtype=dtype))
+    return Batch(drawn_logits, target, weight, chosen)
+
+
+@st.composite
+def sequences(
+    draw: st.DrawFn,
+    *,
+    dtype: str,
+    kernel: KernelUnderTest | None = None,
+    max_logits: int = LOGITS_PER_EXAMPLE,
+) -> Batch:
+    """A language-model batch: logits (B, T, C) and targets (B, T) for B sequences of ragged
+    lengths, each padded to T with ignore_index (when the kernel takes one)."""
+    vocab = draw(vocab_sizes(max_size=max_logits // ROW_COST))
+    positions = draw(batch_sizes(max_size=max(1, max_logits // (vocab + ROW_COST))))
+    count = draw(st.sampled_from([d for d in range(1, positions + 1) if positions % d == 0]))
+    length = positions // count
+    batch = draw(
+        batches(
+            dtype=dtype,
+            kernel=kernel,
+            reductions=("mean",),
+            options=("ignore_index",),
+            shapes=st.just((positions, vocab)),
+            ignored=st.just(0.0),
+        )
+    )
+    padding = [f"target = target.reshape({count}, {length})"]
+    if _accepts(kernel, "ignore_index"):
+        lengths = [draw(st.integers(0, length)) for _ in range(count)]
+        padding += [
+            f"target[{b}, {n}:] = {batch.ignore_index}  # sequence {b} holds {n} tokens"
+            for b, n in enumerate(lengths)
+            if n < length
+        ]
+    target = batch.target.then(*padding)
+    # Rebuilt from the padded targets, as the reproducer will (a masked or dominant logit sits
+    # on each row's target column).
+    shaped = batch.logits.then(
+        f"logits = logits.reshape({count}, {length}, {vocab})", scope={"target": target.value}
+    )
+    return replace(batch, logits=shaped, target=target)
+
+
+@st.composite
+def shifted_logits(
+    draw: st.DrawFn, *, rows: int, vocab_size: int, dtype: str, target: Drawn, masked: bool = True
+) -> tuple[Drawn, Drawn, float]:
+    """Logits x on a grid and x + c·1 for a scalar c, both exact in ``dtype``.
+
+    Values are k·2^e with |k| ≤ K and the shift s·2^e with |k + s| < 2^p (p significand bits),
+    so every shifted value is exact; with a small spread K the shift can be 2^p times the
+    spread (e.g. c = 16384 in float32: exp(c) overflows a kernel that does not subtract the max).
+    ``masked``: half the logits may be -inf (never a row's target).
+    """
+    bits = round(-math.log2(torch.finfo(torch_dtype(dtype)).eps)) + 1  # with the implicit bit
+    largest = largest_finite(dtype)
+    spread = draw(st.sampled_from([2 ** (bits - 2) - 1, 1, 3, 15]))
+    top_exponent = max(-12, math.floor(math.log2(largest / (64 * rows * 2**bits))))
+    exponent = draw(st.integers(-12, top_exponent))
+    room = 2**bits - 1 - spread
+    steps = draw(st.integers(-room, room))
+    shift = steps * 2.0**exponent
+    g = _generator(draw(seeds))
+    grid = [
+        f"g = {g}",
+        f"logits = torch.randint({-spread}, {spread + 1}, ({rows}, {vocab_size}), generator=g)",
+        f"logits = logits.double() * {2.0**exponent!r}",
+    ]
+    if masked and vocab_size > 1 and draw(st.booleans()):
+        grid += [
+            f"masked = torch.rand({rows}, {vocab_size}, generator=g) < 0.5",
+            f"masked[torch.arange({rows}), {_kept_column(target, vocab_size)}] = False",
+            'logits[masked] = float("-inf")',
+        ]
+    scope = {target.name: target.value}
+    base = _build("logits", grid, scope)
+    original = base.then(f"logits = logits.to({torch_dtype(dtype)})", scope=scope)
+    shifted = base.then(
+        f"logits = (logits + {shift!r}).to({torch_dtype(dtype)})  # every logit + c", scope=scope
+    )
+    return original, shifted, shift
+
+
+@st.composite
+def long_sequences(
+    draw: st.DrawFn,
+    *,
+    dtype: str,
+    min_tokens: int = 1100,
+    max_tokens: int = 1400,
+) -> Batch:
+    """One long sequence whose probability Π_t p(y_t) underflows even float64: every target
+    sits at least 1 below its row's smallest other logit, so p(y_t) < 1/2 and, over 1100 or more
+    tokens, Π_t p < 2^-1100, below float64's smallest subnormal (2^-1074)."""
+    tokens = draw(st.integers(min_tokens, max_tokens))
+    vocab = draw(st.integers(2, 4))
+    target = draw(targets(rows=tokens, vocab_size=vocab, ignore_index=None))
+    drawn = draw(
+        logits(
+            rows=tokens,
+            vocab_size=vocab,
+            dtype=dtype,
+            target=target,
+            max_scale=64.0,
+            dominance=("below",),
+            min_gap=1.0,
+            ties=False,
+        )
+    )
+    return Batch(drawn, target, None, {"reduction": "sum"})

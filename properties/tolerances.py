@@ -1,0 +1,328 @@
+"""The one tolerance module: every bound the suite compares against, derived from error analysis.
+
+A bound is the largest error a *correct* kernel can make on the given input, so an error is
+reported as a ratio to it (1.0 is the bound). Bounds are absolute and computed per input from
+magnitudes of that input (the row's largest logit, spread, log-sum-exp, each token's loss), in
+float64, which is ample for magnitudes.
+
+What a correct kernel may do, and what it may not (the error model):
+
+- It exponentiates and sums a row in float32 at least (unit roundoff ``u_w = 2^-24``), in any
+  order, with or without an online (rescaling) max. A kernel that rounds float32 logits to
+  bfloat16, or accumulates a row's exponentials in bfloat16, is not the loss.
+- Its outputs, and per-row and per-class values it may keep (the row's sum of exponentials or
+  its log-sum-exp, the log-softmax for the backward pass), are in the input dtype (``u_s``:
+  2^-24 float32, 2^-8 bfloat16, 2^-11 float16): PyTorch's CPU log_softmax keeps the row's sum
+  in bfloat16 for bfloat16 input, an error of about u_s in every log-probability of the row.
+  Keeping the *softmax* of float32 logits in bfloat16 is not the loss: that is 2^16 times u_s.
+- It sums per-token losses over the batch either in float32, in any order, or in 16-way
+  blocks in the input dtype: PyTorch's CPU nll_loss sums a bfloat16 mean in bfloat16 that way
+  (a cascade of 8 levels of 16 partial sums) and is correct. A plain running sum in bfloat16
+  stalls once the total is 2^8 times a term: that kernel is wrong and these bounds say so.
+
+Where a correct and a wrong kernel are hard to tell apart: every bound grows with C, the row's
+spread R and its |lse| (worst cases for any summation order). Rounding float32 logits to
+bfloat16 moves a loss by about 2^-9·|x|, against a float32 bound of about
+(2C + 2R + |lse|)·2^-24: the bug hides when |x| ≲ (2C + 2R)·2^-15, e.g. logits below 0.25 in
+magnitude with C = 4096, or below 1e-3 with C = 16. Keeping the softmax in bfloat16 moves a
+gradient entry by up to 2^-8·p against a bound of about p·(2C + 2R + |lse|)·2^-24: it hides only
+once 2C + 2R + |lse| ≳ 2^16 (C ≳ 30,000, or logits of magnitude ≳ 30,000); at C = 2047 it
+exceeds the bound 15-fold. In bfloat16 a sum over thousands of tokens is allowed up to ~20%
+error (the 16-way cascade bound at N = 4096 is γ_45 = 45·2^-8/(1 − 45·2^-8)), and a mean about
+twice that (numerator and denominator): a mean that counts ignored tokens hides there when they
+are under about a third of the batch, and shows on small batches, where the bound is a few u_s.
+PyTorch's bfloat16 CPU loss, at its worst, reaches about 0.5 of the per-token bound (a row sum
+just past a rounding tie) and about 0.65 of the gradient bound (log-probabilities of -8 kept
+in bfloat16).
+
+Every clause names its tolerance by a key of :data:`TOLERANCES`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from properties._problem import Problem
+
+#: Unit roundoff u = 2^-p (p = significand bits with the implicit one): a correctly rounded
+#: result lies within a relative u of the exact value.
+UNIT_ROUNDOFF: Mapping[str, float] = {"float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+#: The working precision a correct kernel computes a row in: float32.
+WORKING = UNIT_ROUNDOFF["float32"]
+#: Smallest normal numbers: below them a kernel may flush to zero (GPUs do), an absolute error.
+SMALLEST_NORMAL: Mapping[str, float] = {
+    "float32": 2.0**-126,
+    "bfloat16": 2.0**-126,
+    "float16": 2.0**-14,
+}
+#: PyTorch's CPU nll_loss sums in cascades of 16-term running sums (aten LossNLL.cpp).
+_CASCADE_WIDTH = 16
+
+
+def storage_roundoff(dtype: str) -> float:
+    try:
+        return UNIT_ROUNDOFF[dtype]
+    except KeyError:
+        raise ValueError(f"no error model for dtype {dtype!r}") from None
+
+
+def gamma(operations: float, u: float) -> float:
+    """Higham's γ_k = k·u / (1 − k·u): the relative error bound of k chained roundings."""
+    product = operations * u
+    return math.inf if product >= 1.0 else product / (1.0 - product)
+
+
+def accumulation_error(terms: int, dtype: str) -> float:
+    """Relative error of a sum of ``terms`` non-negative numbers, summed as a correct kernel may.
+
+    A running sum in float32 makes terms − 1 roundings on the path of the first term (γ_{N−1}
+    in u_w); 16-way cascaded sums in the storage dtype make at most 15 roundings per level, and
+    ⌈log16 N⌉ levels (γ in u_s). A kernel may do either, so the bound is the larger.
+    """
+    if terms <= 1:
+        return 0.0
+    running_in_float32 = gamma(terms - 1, WORKING)
+    levels = math.ceil(math.log(terms, _CASCADE_WIDTH) - 1e-12)
+    cascaded = gamma(min(terms - 1, (_CASCADE_WIDTH - 1) * levels), storage_roundoff(dtype))
+    return max(running_in_float32, cascaded)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Per-row magnitudes of the effective (soft-capped) logits, in float64."""
+
+    peak: torch.Tensor  # (N,) the largest finite logit m
+    spread: torch.Tensor  # (N,) m minus the smallest finite logit: R
+    lse: torch.Tensor  # (N,)
+    log_probs: torch.Tensor  # (N, C), -inf on masked classes
+    probs: torch.Tensor  # (N, C)
+    lse_error: torch.Tensor  # (N,) bound on the absolute error of a row's log-sum-exp
+
+
+def _rows(problem: Problem) -> _Rows:
+    x = problem.logits
+    if problem.softcap is not None:
+        x = problem.softcap * torch.tanh(x / problem.softcap)
+    finite = torch.isfinite(x)
+    peak = torch.where(finite, x, -math.inf).amax(dim=1)
+    floor = torch.where(finite, x, math.inf).amin(dim=1)
+    spread = peak - floor
+    lse = torch.logsumexp(x, dim=1)
+    log_probs = x - lse[:, None]
+    c = problem.classes
+    # Log-sum-exp as m + log Σ exp(x_j − m), in u_w:
+    #   x_j − m rounds by u·|x_j − m| ≤ u·R, moving the sum by at most u·R relative;
+    #   each exp rounds by u; a sum of C positive terms in any order is within (C − 1)·u;
+    #   an online max rescales the running sum up to C times, each by a rounded exp(Δm)
+    #   (another C·u and u·Σ|Δm| ≤ u·R) — hence 2C and 2R;
+    #   log turns the relative error of the sum into an absolute one, plus u·log C;
+    #   adding m back rounds by u·|lse|. Four more u for the remaining roundings.
+    lse_error = WORKING * (2 * c + 2 * spread + lse.abs() + math.log(c) + 4)
+    if problem.softcap is not None:
+        # s·tanh(x/s) in float32 is within 4·u_w·s of exact (three roundings and tanh's own),
+        # and a kernel may keep it in the storage dtype (u_s·s); a loss moves by at most twice
+        # the largest shift of a logit.
+        storage = storage_roundoff(problem.dtype)
+        lse_error = lse_error + 2 * (4 * WORKING + storage) * problem.softcap
+    return _Rows(peak, spread, lse, log_probs, log_probs.exp(), lse_error)
+
+
+def _kept_lse_error(problem: Problem, rows: _Rows) -> torch.Tensor:
+    """A kernel may keep a row's values in the storage dtype: its sum of exponentials s and
+    then its log or reciprocal (two roundings, each moving lse by up to u_s), or lse itself
+    (u_s·|lse|). PyTorch's CPU log_softmax rounds s to bfloat16 for bfloat16 input (measured:
+    errors up to 0.91·u_s·(1 + |ℓ|), flat in C; at s = 1 + 2^-8, a tie, one rounding alone
+    moves lse by 0.99·u_s)."""
+    return storage_roundoff(problem.dtype) * (2 + rows.lse.abs())
+
+
+def _weights(problem: Problem) -> torch.Tensor:
+    if problem.weight is None:
+        return torch.ones(problem.classes, dtype=torch.float64)
+    return problem.weight
+
+
+def _target_weights(problem: Problem) -> torch.Tensor:
+    """w_{y_i} for counted rows, 0 for ignored ones."""
+    safe_target = torch.where(problem.counted, problem.target, 0)
+    return torch.where(problem.counted, _weights(problem)[safe_target], 0.0)
+
+
+def _target_nll(problem: Problem, rows: _Rows) -> torch.Tensor:
+    """(N,) −log p_{y_i}; 0 for ignored rows."""
+    safe_target = torch.where(problem.counted, problem.target, 0)
+    nll = -rows.log_probs.gather(1, safe_target[:, None])[:, 0]
+    return torch.where(problem.counted, nll, 0.0)
+
+
+def token_losses(problem: Problem) -> torch.Tensor:
+    """Each token's loss in float64 (as reduction="none" returns it), for the magnitudes:
+    (1 − ε)·w_y·(−log p_y) + (ε/C)·Σ_j w_j·(−log p_j) + z·w_y·lse², 0 for ignored tokens."""
+    rows = _rows(problem)
+    eps, c = problem.label_smoothing, problem.classes
+    w_y = _target_weights(problem)
+    loss = (1 - eps) * w_y * _target_nll(problem, rows) + problem.z_loss * w_y * rows.lse**2
+    if eps > 0:
+        smooth = -(rows.log_probs * _weights(problem)).sum(1)
+        loss = loss + eps / c * smooth
+    return torch.where(problem.counted, loss, 0.0)
+
+
+def token_loss_bounds(problem: Problem) -> torch.Tensor:
+    """(N,) bounds on each token's loss error, 0 for ignored tokens (they are exactly 0)."""
+    rows = _rows(problem)
+    u_s = storage_roundoff(problem.dtype)
+    eps, c = problem.label_smoothing, problem.classes
+    w_y = _target_weights(problem)
+    nll = _target_nll(problem, rows)
+    # −log p_y = lse − x_y: the log-sum-exp's error, one subtraction in u_w, and up to two
+    # roundings to the storage dtype (PyTorch keeps log p_y there, then multiplies by w_y).
+    nll_error = rows.lse_error + _kept_lse_error(problem, rows) + (WORKING + 2 * u_s) * nll
+    # Label smoothing's Σ_j w_j·(−log p_j): each term carries the log-sum-exp's error and its
+    # own roundings; the sum over C classes is in float32 ((C − 1)·u_w relative), then stored.
+    finite = torch.isfinite(rows.log_probs)
+    magnitudes = torch.where(finite, -rows.log_probs, 0.0) * _weights(problem)
+    smooth_error = _weights(problem).sum() * (rows.lse_error + _kept_lse_error(problem, rows))
+    smooth_error = smooth_error + magnitudes.sum(1) * (c * WORKING + 2 * u_s)
+    losses = token_losses(problem)
+    # z-loss z·w_y·lse²: a lse error δ moves lse² by 2|lse|·δ; squaring, scaling and storing
+    # round three more times.
+    z_error = problem.z_loss * w_y * (2 * rows.lse.abs() * rows.lse_error + 3 * u_s * rows.lse**2)
+    smoothing_error = eps / c * smooth_error if eps > 0 else 0.0
+    bound = (
+        (1 - eps) * w_y * nll_error
+        + smoothing_error
+        + z_error
+        # Combining the terms and rounding the output: three roundings in the storage dtype;
+        # an output below the smallest normal may be flushed to zero.
+        + 3 * u_s * losses.abs()
+        + SMALLEST_NORMAL[problem.dtype]
+    )
+    return torch.where(problem.counted, bound, 0.0)
+
+
+def loss_bound(problem: Problem) -> torch.Tensor:
+    """Bound on the loss error for the problem's reduction: (N,) for "none", else a 0-d tensor."""
+    per_token = token_loss_bounds(problem)
+    if problem.reduction == "none":
+        return per_token
+    losses = token_losses(problem)
+    counted = int(problem.counted.sum())
+    accumulation = accumulation_error(counted, problem.dtype)
+    u_s = storage_roundoff(problem.dtype)
+    total = torch.where(problem.counted, losses, 0.0)
+    if problem.reduction == "sum":
+        # The tokens' own errors add up; the summation adds γ·Σ|l_i|; the result is stored.
+        return per_token.sum() + accumulation * total.abs().sum() + u_s * total.sum().abs()
+    # mean = Σ l_i / Σ w_{y_i}: the numerator as for "sum"; the denominator (positive weights)
+    # summed the same way; the division, and label smoothing's separately reduced term
+    # combined with the NLL term, round up to four more times in the storage dtype.
+    weight_total = _target_weights(problem).sum()
+    mean = total.sum() / weight_total
+    return (
+        per_token.sum() / weight_total
+        + accumulation * total.abs().sum() / weight_total
+        + (accumulation + 4 * u_s) * mean.abs()
+        + SMALLEST_NORMAL[problem.dtype]
+    )
+
+
+def _row_scale(problem: Problem, grad_output: torch.Tensor) -> torch.Tensor:
+    """(N,) the factor a_i multiplying row i's gradient: upstream gradient, over Σw for a mean."""
+    go = grad_output.double()
+    go = go.expand(problem.target.shape) if go.dim() == 0 else go
+    if problem.reduction == "mean":
+        go = go / _target_weights(problem).sum()
+    return torch.where(problem.counted, go, 0.0)
+
+
+def gradient_values(problem: Problem, grad_output: torch.Tensor) -> torch.Tensor:
+    """∂L/∂x in float64 (for magnitudes): a_i·(p_ij·T_i − t_ij + 2z·w_y·lse_i·p_ij)·chain_ij."""
+    rows = _rows(problem)
+    a, t = _row_scale(problem, grad_output), _target_distribution(problem)
+    w_y = _target_weights(problem)
+    raw = rows.probs * t.sum(1, keepdim=True) - t
+    raw = raw + 2 * problem.z_loss * (w_y * rows.lse)[:, None] * rows.probs
+    return a[:, None] * raw * _softcap_chain(problem)
+
+
+def _target_distribution(problem: Problem) -> torch.Tensor:
+    """t_ij = (1 − ε)·w_y·[j = y_i] + (ε/C)·w_j for counted rows, 0 for ignored ones."""
+    n, c = problem.logits.shape
+    eps = problem.label_smoothing
+    safe_target = torch.where(problem.counted, problem.target, 0)
+    one_hot = torch.zeros(n, c, dtype=torch.float64)
+    one_hot[torch.arange(n), safe_target] = 1.0
+    t = (1 - eps) * _target_weights(problem)[:, None] * one_hot + eps / c * _weights(problem)
+    return torch.where(problem.counted[:, None], t, 0.0)
+
+
+def _softcap_chain(problem: Problem) -> torch.Tensor:
+    if problem.softcap is None:
+        return torch.ones_like(problem.logits)
+    return 1 - torch.tanh(problem.logits / problem.softcap) ** 2
+
+
+def gradient_bound(problem: Problem, grad_output: torch.Tensor) -> torch.Tensor:
+    """(N, C) bounds on the error of each entry of ∂L/∂x."""
+    rows = _rows(problem)
+    u_s = storage_roundoff(problem.dtype)
+    a = _row_scale(problem, grad_output).abs()[:, None]
+    t = _target_distribution(problem)
+    w_y = _target_weights(problem)[:, None]
+    total_mass = t.sum(1, keepdim=True)
+    z_weight = 2 * problem.z_loss * w_y * rows.lse.abs()[:, None]
+    finite = torch.isfinite(rows.log_probs)
+    # p_ij = exp(log p_ij): log p_ij carries the lse error (and the storage dtype's, where
+    # the kernel keeps the row's sum there) and one subtraction in u_w, and a kernel may keep it
+    # in the storage dtype for the backward (u_s·|log p|); exp rounds (u_w), and p or the
+    # product may be stored (u_s).
+    log_magnitude = torch.where(finite, rows.log_probs.abs(), 0.0)
+    lse_kept = (rows.lse_error + _kept_lse_error(problem, rows))[:, None]
+    relative_p_error = lse_kept + (WORKING + u_s) * (log_magnitude + 1)
+    # With label smoothing the backward sums the upstream gradient over the C classes
+    # (relative (C − 1)·u_w), and the targets t_ij are stored once (u_s).
+    if problem.label_smoothing > 0:
+        relative_p_error = relative_p_error + problem.classes * WORKING + u_s
+    chain = _softcap_chain(problem).abs()
+    softmax_term = (total_mass + z_weight) * rows.probs * relative_p_error
+    z_term = 2 * problem.z_loss * w_y * rows.probs * rows.lse_error[:, None]
+    target_term = 2 * u_s * t
+    # Below the smallest normal, p may be flushed to zero in float32, and so may the stored
+    # gradient entry in the storage dtype.
+    underflow = (total_mass + z_weight) * SMALLEST_NORMAL["float32"]
+    raw = rows.probs * total_mass - t + z_weight * rows.probs
+    gradient = gradient_values(problem, grad_output).abs()
+    # The row factor a_i = g/Σw carries the denominator's accumulation error for a mean; the
+    # product a_i·raw_ij and its storage round three times; a soft cap's chain factor
+    # 1 − tanh² is within 4·u_w absolute (and u_s if stored).
+    accumulation = (
+        accumulation_error(int(problem.counted.sum()), problem.dtype)
+        if problem.reduction == "mean"
+        else 0.0
+    )
+    softcap_chain_error = (4 * WORKING + u_s) * raw.abs() if problem.softcap is not None else 0.0
+    bound = (
+        a * (chain * (softmax_term + z_term + target_term + underflow) + softcap_chain_error)
+        + (accumulation + 3 * u_s) * gradient
+        + SMALLEST_NORMAL[problem.dtype]
+    )
+    return torch.where(problem.counted[:, None], bound, 0.0)
+
+
+def gradient_row_sum_bound(problem: Problem, grad_output: torch.Tensor) -> torch.Tensor:
+    """(N,) bound on |Σ_j ∂L/∂x_ij|, whose exact value is 0 (without z-loss or a soft cap):
+    each entry is within its gradient bound of the exact entry, and the exact entries sum to 0."""
+    return gradient_bound(problem, grad_output).sum(1)
+
+
+#: Every tolerance by the key a clause's docstring names after ``tol:``.
+TOLERANCES: Mapping[str, Callable[..., torch.Tensor]] = {
+    "loss": loss_bound,
+    "gradient": gradient_bound,
+    "gradient_row_sum": gradient_row_sum_bound,
+}
