@@ -31,7 +31,7 @@ def _on_device(trial: Trial, value: Any) -> Any:
     return value
 
 
-def _same(tensor: torch.Tensor) -> torch.Tensor:
+def _as_is(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
@@ -41,8 +41,8 @@ def loss_of(
     target: torch.Tensor,
     keywords: Mapping[str, Any],
     *,
-    logits_view: Callable[[torch.Tensor], torch.Tensor] = _same,
-    target_view: Callable[[torch.Tensor], torch.Tensor] = _same,
+    logits_view: Callable[[torch.Tensor], torch.Tensor] = _as_is,
+    target_view: Callable[[torch.Tensor], torch.Tensor] = _as_is,
 ) -> torch.Tensor:
     """The kernel's loss on fresh copies of the inputs (a kernel may write into its input).
 
@@ -66,8 +66,8 @@ def loss_and_gradient(
     keywords: Mapping[str, Any],
     grad_output: torch.Tensor,
     *,
-    logits_view: Callable[[torch.Tensor], torch.Tensor] = _same,
-    target_view: Callable[[torch.Tensor], torch.Tensor] = _same,
+    logits_view: Callable[[torch.Tensor], torch.Tensor] = _as_is,
+    target_view: Callable[[torch.Tensor], torch.Tensor] = _as_is,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's loss and ∂(loss·grad_output)/∂logits, on fresh copies of the inputs.
 

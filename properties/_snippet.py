@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from lmloss._kernel import KernelUnderTest
 
 
-def number(value: float | int | bool) -> str:
+def number(value: float) -> str:
     """A Python literal for one number; ``inf`` and ``nan`` come from ``math``."""
-    if isinstance(value, (bool, int)):
+    if isinstance(value, int):  # also bool
         return repr(value)
     if math.isnan(value):
         return "nan"

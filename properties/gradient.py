@@ -37,7 +37,9 @@ def gradient_is_softmax_minus_one_hot_scaled(trial: Trial) -> None:
             kernel=trial.kernel,
             reductions=("mean", "sum"),
             options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap"),
-            shapes=batch_shapes(max_logits=GRADIENT_LOGITS),
+            # Two rows and two classes at least: with one row a mean has no scale to get
+            # wrong, and with one class the gradient is identically zero.
+            shapes=batch_shapes(min_rows=2, min_vocab=2, max_logits=GRADIENT_LOGITS),
         ),
         label="batch",
     )

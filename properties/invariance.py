@@ -34,14 +34,17 @@ def loss_is_invariant_under_a_shift(trial: Trial) -> None:
         label="batch",
     )
     rows, vocab = batch.x.shape
+    smoothing = batch.options.get("label_smoothing", 0.0) > 0.0
     original, shifted, shift = trial.data.draw(
         shifted_logits(
             rows=rows,
             vocab_size=vocab,
             dtype=trial.dtype,
             target=batch.target,
-            # Label smoothing over a masked class is infinite: no masking with it.
-            masked=batch.options.get("label_smoothing", 0.0) == 0.0,
+            # Label smoothing over a masked class is infinite: no masking with it; and its sum
+            # over the C classes needs C times the headroom.
+            masked=not smoothing,
+            headroom=64 * rows * (vocab if smoothing else 1),
         ),
         label="shifted logits",
     )
