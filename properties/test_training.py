@@ -37,9 +37,8 @@ from lmloss._kernel import KernelUnderTest
 from lmloss._train import IGNORE_INDEX
 from properties._oracle import oracle_gradient, oracle_loss
 from properties._problem import Problem
-from properties._training_tolerances import reordered_float64_bound
 from properties.strategies import seeds
-from properties.tolerances import TOLERANCES
+from properties.tolerances import TOLERANCES, reordered_float64_bound
 
 #: The byte vocabulary of the real loop, at a width that runs in milliseconds.
 BYTE_MODEL = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32)
@@ -204,7 +203,7 @@ def assert_same_gradients(
     assert actual.keys() == expected.keys(), (
         f"{quantity}: gradients of {sorted(actual)} vs {sorted(expected)}"
     )
-    bound = reordered_float64_bound(expected.values())
+    bound = float(reordered_float64_bound(expected.values()))
     for name, gradient in expected.items():
         error = float((actual[name] - gradient).abs().max())
         assert error <= bound, (
@@ -370,7 +369,9 @@ def test_accumulated_parameter_gradient_equals_the_full_batch_gradient(data: st.
     )
 
     context = f"B={rows} split {sizes}, float64"
-    assert abs(float(split_loss - full_loss)) <= reordered_float64_bound([full_loss]), context
+    assert abs(float(split_loss - full_loss)) <= float(reordered_float64_bound([full_loss])), (
+        context
+    )
     assert_same_gradients("accumulated ∂L/∂θ", split, full, context)
 
 
@@ -429,9 +430,9 @@ def test_padding_changes_neither_the_loss_nor_the_gradient(data: st.DataObject) 
     padded_loss, padded = accumulated_gradients(model, [(x, y)])
 
     context = f"lengths {lengths} padded to T={T}, float64"
-    assert abs(float(padded_loss - unpadded_loss)) <= reordered_float64_bound([unpadded_loss]), (
-        context
-    )
+    assert abs(float(padded_loss - unpadded_loss)) <= float(
+        reordered_float64_bound([unpadded_loss])
+    ), context
     assert_same_gradients("padded ∂L/∂θ", padded, unpadded, context)
 
 

@@ -5,6 +5,7 @@ known-bad arithmetic, and every clause is well formed."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -37,7 +38,7 @@ SEARCH = settings(
 )
 
 
-def finds(strategy: st.SearchStrategy[Batch], condition) -> Batch:  # type: ignore[no-untyped-def]
+def finds(strategy: st.SearchStrategy[Batch], condition: Callable[[Batch], bool]) -> Batch:
     """An example of ``strategy`` meeting ``condition`` (Hypothesis fails the test if none)."""
     return find(strategy, condition, settings=SEARCH)
 
