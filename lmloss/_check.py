@@ -53,6 +53,8 @@ class KernelReport:
     versions: dict[str, str] = field(default_factory=dict)
     results: list[ClauseResult] = field(default_factory=list)
     seconds: float = 0.0
+    #: True when the run stopped at the first failure (--exitfirst) with clauses left unchecked.
+    stopped_early: bool = False
 
     @property
     def passed(self) -> bool:
@@ -142,19 +144,36 @@ def check_kernel(
     *,
     on_start: Callable[[Clause, str], None] = lambda clause, dtype: None,
     on_result: Callable[[ClauseResult], None] = lambda result: None,
+    exit_first: bool = False,
 ) -> KernelReport:
-    """Run every clause for every dtype of ``report``, appending results as they finish."""
-    from properties._runner import run_clause
+    """Run every clause for every dtype of ``report``, appending results as they finish.
+
+    The kernel's first failure is shrunk with the profile's full budget, later ones briefly
+    (properties._runner.LATER_SHRINKING_SECONDS): a broken kernel's report comes in seconds
+    per failing clause, not half a minute each. ``exit_first`` stops at the first failure.
+    """
+    from properties._runner import LATER_SHRINKING_SECONDS, SHRINKING_SECONDS, run_clause
 
     start = time.perf_counter()
     for clause in clauses:
         for dtype in report.dtypes:
             on_start(clause, dtype)
+            failed_before = any(result.status == "fails" for result in report.results)
+            budgets = LATER_SHRINKING_SECONDS if failed_before else SHRINKING_SECONDS
             result = run_clause(
-                clause, report.kernel, dtype=dtype, device=report.device, profile=report.profile
+                clause,
+                report.kernel,
+                dtype=dtype,
+                device=report.device,
+                profile=report.profile,
+                shrinking_seconds=budgets[report.profile],
             )
             report.results.append(result)
             on_result(result)
+            if exit_first and result.status == "fails":
+                report.stopped_early = len(report.results) < len(clauses) * len(report.dtypes)
+                report.seconds = time.perf_counter() - start
+                return report
     report.seconds = time.perf_counter() - start
     return report
 

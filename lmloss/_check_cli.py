@@ -79,6 +79,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="ID",
         help="check only this clause (repeat for several); default: every clause",
     )
+    parser.add_argument(
+        "-x",
+        "--exitfirst",
+        action="store_true",
+        help="stop at the first clause that fails (the verdict in seconds, the report partial)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     parser.set_defaults(run=run)
 
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lmloss check: error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
-        _check_and_print(reports, clauses, args.profile)
+        _check_and_print(reports, clauses, args.profile, exit_first=args.exitfirst)
     except KeyboardInterrupt:
         print("\nlmloss check: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -125,7 +131,11 @@ def _prepare(args: argparse.Namespace) -> tuple[list[KernelReport], tuple[Clause
 
 
 def _check_and_print(
-    reports: list[KernelReport], clauses: tuple[Clause, ...], profile: str
+    reports: list[KernelReport],
+    clauses: tuple[Clause, ...],
+    profile: str,
+    *,
+    exit_first: bool = False,
 ) -> None:
     """Run the clauses, printing each result as it comes (the report is the progress)."""
     from lmloss import _check_report as render
@@ -146,8 +156,10 @@ def _check_and_print(
         if index:
             print()
         print(render.header(report, examples), flush=True)
-        check_kernel(report, clauses, on_start=started, on_result=finished)
+        check_kernel(report, clauses, on_start=started, on_result=finished, exit_first=exit_first)
         failures = render.details(report)
         if failures:
             print(f"\n{failures}")
         print(f"\n{render.summary(report)}", flush=True)
+        if exit_first and not report.passed:
+            return  # the kernels after it are not checked either

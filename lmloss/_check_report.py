@@ -70,6 +70,15 @@ def details(report: KernelReport) -> str:
     for result in report.results:
         if result.status == "fails" and result.violation is not None:
             body = result.violation.render()
+            if result.shrinking_cut_at is not None:
+                command = (
+                    f"lmloss check {report.kernel.source or 'SPEC'} "
+                    f"--clause {result.clause.id} --dtype {result.dtype}"
+                )
+                body += (
+                    f"\n(shrinking stopped after {result.shrinking_cut_at} s, so a smaller "
+                    f"counterexample may exist; `{command}` shrinks it for longer)"
+                )
         elif result.status == "error":
             body = (
                 "the check could not be completed (an error in the check, not a verdict on "
@@ -99,6 +108,8 @@ def summary(report: KernelReport) -> str:
     counts = Counter(result.status for result in report.results)
     parts = [f"{counts[status]} {word}" for status, word in _SUMMARY_WORDS if counts[status]]
     verdict = "conforms" if report.passed else "DOES NOT CONFORM"
+    if report.stopped_early:
+        parts.append("stopped at the first failure (--exitfirst), the rest not checked")
     return (
         f"{report.kernel.name}: {verdict} ({', '.join(parts) or 'nothing checked'}; "
         f"{', '.join(report.dtypes)} on {report.device}; {report.seconds:.1f} s)"
@@ -122,6 +133,7 @@ def _kernel_data(report: KernelReport) -> dict[str, Any]:
         "name": report.kernel.name,
         "source": report.kernel.source,
         "passed": report.passed,
+        "stopped_early": report.stopped_early,
         "versions": report.versions,
         "dtypes": list(report.dtypes),
         "skipped_dtypes": report.skipped_dtypes,
@@ -155,6 +167,7 @@ def _result_data(result: ClauseResult) -> dict[str, Any]:
         "seconds": _number(result.seconds),
         "reason": result.reason,
         "detail": result.detail,
+        "shrinking_cut_at": _number(result.shrinking_cut_at),
         "violation": None
         if violation is None
         else {

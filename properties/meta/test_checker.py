@@ -91,6 +91,18 @@ def test_check_fails_a_broken_kernel_on_its_clause(name: str, tmp_path: Path) ->
     assert all(r["violation"]["reproducer"] for r in failed), "a failure needs a reproducer"
 
 
+def test_exitfirst_stops_at_the_first_failure(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    spec = "properties.kernels.broken:mean_counts_ignored_tokens"
+    clauses = ("--clause", "CE-MEAN", "--clause", "CE-SUM")
+    result = lmloss_check(spec, *clauses, "--profile", "ci", "-x", "--json", str(report))
+    assert result.returncode == 1, result.stdout + result.stderr
+    (kernel,) = report_of(report)["kernels"]
+    assert [(r["clause"], r["status"]) for r in kernel["results"]] == [("CE-MEAN", "fails")]
+    assert kernel["stopped_early"] is True
+    assert "stopped at the first failure" in result.stdout.splitlines()[-1]
+
+
 def test_check_passes_a_correct_kernel_on_every_clause(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     spec = "properties.kernels.correct:chunked_kernel"

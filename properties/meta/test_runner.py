@@ -85,6 +85,20 @@ def test_a_violation_fails_with_the_shrunk_example() -> None:
     assert result.worst_ratio == 2.0
 
 
+def test_a_failure_says_when_its_shrinking_was_cut_short() -> None:
+    def fails_from_three_rows(trial: Trial) -> None:
+        logits, target = small_batch(trial)
+        if logits.shape[0] >= 3:
+            raise ClauseViolation("CE-META", message="three rows or more", reproducer="")
+
+    shrunk = run(fails_from_three_rows)
+    assert shrunk.status == "fails" and shrunk.shrinking_cut_at is None
+    clause = clause_of(fails_from_three_rows)
+    kernel = resolve(F.cross_entropy)
+    cut = run_clause(clause, kernel, dtype="float32", device="cpu", shrinking_seconds=0)
+    assert cut.status == "fails" and cut.shrinking_cut_at == 0
+
+
 def test_a_kernel_that_raises_fails_with_a_call_that_raises_again() -> None:
     def calls_with_a_transposed_input(trial: Trial) -> None:
         logits, target = small_batch(trial)
