@@ -19,7 +19,7 @@ import mpmath
 from mpmath import libmp
 from mpmath.libmp import fnan, fone, fzero
 
-from reference._batch import Batch, counted_weight, prepare, smoothing_share
+from reference._batch import Batch, counted_weight, prepare
 from reference._certified import certified, certified_scalar
 from reference._enclosure import Enclosure
 from reference._row import Row
@@ -95,10 +95,23 @@ def _row_loss(batch: Batch, i: int, row: Row, bits: int) -> Enclosure:
         factor = libmp.mpf_mul(libmp.from_float(w_t), libmp.from_float(options.z_loss))
         loss = loss.add(row.lse().square(prec).mul(Enclosure.exact(factor), prec), prec)
     if options.smoothing != 0:
-        loss = loss.add(
-            smoothing_share(batch, prec).mul(_weighted_nll_sum(batch, row, prec), prec), prec
-        )
+        loss = loss.add(_smoothing_term(batch, row, prec), prec)
     return loss
+
+
+def _smoothing_term(batch: Batch, row: Row, prec: int) -> Enclosure:
+    """(ε/C)·Σ_j w_j·nll_j, as (ε·Σ_j w_j·nll_j)/C.
+
+    The product with ε is exact (53 more bits than the sum's ends), so the division by C is the
+    only inexact step. Where the logits are huge and nearly tied, the sum is an exact part (the
+    gaps m − x_j) plus a rest of order e^-gap that no precision resolves; if the exact part over
+    C is a float64 rounding boundary, the enclosure's lower end is then exactly that boundary
+    and the rounding is decided (an end the exact value cannot equal). Multiplying by ε/C,
+    rounded outward, would straddle the boundary at every precision.
+    """
+    epsilon = Enclosure.exact(libmp.from_float(batch.options.smoothing))
+    classes = Enclosure.exact(libmp.from_int(batch.classes))
+    return _weighted_nll_sum(batch, row, prec).mul(epsilon, prec + 64).div(classes, prec)
 
 
 def _weighted_nll_sum(batch: Batch, row: Row, prec: int) -> Enclosure:

@@ -112,3 +112,32 @@ def test_subnormal_gradient_is_rounded_once() -> None:
         float(exact_other),
         float(exact_other),
     ]
+
+
+def test_smoothing_over_huge_near_ties_decides_a_rounding_boundary() -> None:
+    """ℓ = (1 − ε)·nll_t + (ε/C)·Σ_j nll_j with huge, nearly tied logits: the exact part,
+    (ε/C)·Σ_j (m − x_j), is a float64 midpoint here, and every nll_j exceeds m − x_j by about
+    e^-(10^24) > 0, so the loss rounds up from the midpoint.  [ORACLE-EXTREME]
+
+    No precision resolves e^-(10^24); the oracle must decide from its sign alone (it once
+    gave up with PrecisionExhausted on this row).
+    """
+    row = [
+        2.868366791959715e31,
+        2.868366791959715e31,
+        2.8683658248190594e31,
+        2.868367033744879e31,
+        2.868367275530043e31,  # the largest, and the target
+        2.8683655830338954e31,
+    ]
+    epsilon = 0.1
+    exact_part = Fraction(epsilon) * sum(Fraction(row[4]) - Fraction(x) for x in row) / len(row)
+    below = math.nextafter(float(exact_part), -math.inf)
+    if Fraction(below) < exact_part < Fraction(float(exact_part)):
+        above = float(exact_part)
+    else:
+        below, above = float(exact_part), math.nextafter(float(exact_part), math.inf)
+    assert (Fraction(below) + Fraction(above)) / 2 == exact_part, "the case needs a midpoint"
+    for reduction in ("none", "sum", "mean"):
+        loss = reference.cross_entropy([row], [4], reduction=reduction, label_smoothing=epsilon)
+        assert float(loss[0] if reduction == "none" else loss) == above, reduction
