@@ -1,7 +1,7 @@
 """Real kernels, wrapped so that `lmloss check` can load them by name.
 
 - ``compiled_cross_entropy``: ``torch.nn.functional.cross_entropy`` under ``torch.compile``
-  (inductor), compiled at the first call.
+  (inductor; shapes and float options symbolic), compiled at the first call.
 - ``liger_cross_entropy``: Liger-Kernel's Triton cross-entropy (``pip install liger-kernel``),
   imported at the first call. It writes its gradient into the logits during the forward pass,
   so its KernelSpec declares ``writes_input``; it takes the z-loss as ``lse_square_scale``.
@@ -58,6 +58,12 @@ def _compiled_cross_entropy() -> Callable[..., Any]:
     for limit in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
         if hasattr(config, limit):
             setattr(config, limit, RECOMPILE_LIMIT)
+    # Hypothesis draws a new label_smoothing for most examples; specialized, each value costs a
+    # fresh inductor compile (5-6 s on 2 CPU cores, measured with a 5-call probe), which would
+    # make a quick check take hours. As a symbolic input it compiles once. The generated code then
+    # takes ε as an argument instead of a folded constant: what is checked is that kernel.
+    if hasattr(config, "specialize_float"):
+        config.specialize_float = False
     return torch.compile(F.cross_entropy, dynamic=True)
 
 
