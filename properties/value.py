@@ -89,9 +89,14 @@ def label_smoothing_mixes_in_the_uniform_distribution(trial: Trial) -> None:
 @clause(applies=accepts("weight"))
 def class_weights_give_the_weighted_mean(trial: Trial) -> None:
     """ℓ_i = w_{y_i}·(lse(x_i) − x_{i,y_i}); L_mean = Σ ℓ_i / Σ_{i counted} w_{y_i}.  [CE-WEIGHT] tol: loss"""
+    # The mean is drawn half the time: its denominator Σ w_y is where weighted kernels go wrong.
     batch = trial.data.draw(
         batches(
-            dtype=trial.dtype, kernel=trial.kernel, options=("ignore_index",), require=("weight",)
+            dtype=trial.dtype,
+            kernel=trial.kernel,
+            reductions=("mean", "sum", "mean", "none"),
+            options=("ignore_index",),
+            require=("weight",),
         ),
         label="batch",
     )
