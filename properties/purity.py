@@ -3,7 +3,8 @@
 Unless the kernel declares ``KernelSpec(writes_input=True)`` (Liger-Kernel writes the gradient
 into the logits' storage to save memory), the logits, the targets and the class weights are
 bit-for-bit the same after the forward and the backward pass. Targets and weights must be left
-alone even then.
+alone even then, and so must the upstream gradient the backward pass receives: autograd may
+hand that very tensor to other branches of the graph (and the caller may reuse it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from properties.strategies import batches, upstream_gradients
 
 @clause()
 def inputs_are_left_unchanged(trial: Trial) -> None:
-    """After L = kernel(x, y, weight=w) and L.backward(): x, y and w are unchanged (x may change only where KernelSpec.writes_input).  [CE-PURE] tol: exact"""
+    """After L = kernel(x, y, weight=w) and L.backward(g): x, y, w and g are unchanged (x may change only where KernelSpec.writes_input).  [CE-PURE] tol: exact"""
     batch = trial.data.draw(
         batches(
             dtype=trial.dtype,
@@ -46,14 +47,19 @@ def inputs_are_left_unchanged(trial: Trial) -> None:
             raise Mismatch(
                 "the loss does not require grad: the kernel is not differentiable", reproducer=""
             )
-        loss.backward(upstream.value.to(device=loss.device, dtype=loss.dtype).reshape(loss.shape))
+        # A copy of its own, so that a backward writing into it changes nothing else here.
+        handed["grad_output"] = (
+            upstream.value.to(device=loss.device, dtype=loss.dtype).reshape(loss.shape).clone()
+        )
+        inputs["grad_output"] = upstream.value.to(loss.dtype).reshape(loss.shape)
+        loss.backward(handed["grad_output"])
     checked = [n for n in handed if n != "logits" or not trial.kernel.spec.writes_input]
     for name in checked:
         check_equal(
             trial,
             quantity=f"{name} after the call",
             actual=handed[name].detach().cpu(),
-            expected=inputs[name].double() if name != "target" else inputs[name],
+            expected=inputs[name] if name == "target" else inputs[name].double(),
             context=context(batch, trial),
             reproducer=batch_reproducer(trial, batch, grad_output=upstream)
             + f"\n# compare {name} with its value before the call",

@@ -338,6 +338,38 @@ class _GradientOnIgnoredRows(torch.autograd.Function):
         return _times_upstream(row_grads, grad_output).to(ctx.dtype), None, None, None
 
 
+def scales_upstream_in_place(
+    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+) -> Tensor:
+    """A hand-written backward that scales the upstream gradient in place (to save a buffer):
+    its own gradient is right, but grad_output is not its to change: autograd may hand the same
+    tensor to another branch of the graph, and the caller may reuse it.
+
+    Caught by: CE-PURE
+    """
+    result: Tensor = _ScalesUpstreamInPlace.apply(logits, target, ignore_index, reduction)
+    return result
+
+
+class _ScalesUpstreamInPlace(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, logits: Tensor, target: Tensor, ignore_index: int, reduction: str
+    ) -> Tensor:
+        losses, row_grads, counted = _rows(logits, target, ignore_index)
+        ctx.save_for_backward(row_grads, counted)
+        ctx.mean = reduction == "mean"
+        ctx.dtype = logits.dtype
+        return _reduce(losses, counted, reduction).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        row_grads, counted = ctx.saved_tensors
+        if ctx.mean:
+            grad_output.div_(counted.sum())  # BUG: writes into the caller's tensor
+        return _times_upstream(row_grads, grad_output).to(ctx.dtype), None, None, None
+
+
 def softmax_saved_in_bf16(
     logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
 ) -> Tensor:

@@ -6,6 +6,10 @@
   imported at the first call. It writes its gradient into the logits during the forward pass,
   so its KernelSpec declares ``writes_input``; it takes the z-loss as ``lse_square_scale``.
   Without CUDA it runs under the Triton interpreter (TRITON_INTERPRET=1, set here when unset).
+- ``liger_cross_entropy_interpreted``: the same without the ``weight`` and ``softcap`` keywords.
+  Under the interpreter (triton 3.9.0, liger-kernel 0.8.5) every call that passes either raises
+  ``InterpreterError: AttributeError("'float' object has no attribute 'to'")``, and the clauses
+  that draw them would report only that; leaving them out lets the rest be checked on a CPU.
 
 Importing this module imports neither Liger nor the compiler, so it loads after a plain
 ``pip install .``.
@@ -100,4 +104,31 @@ liger_cross_entropy = KernelSpec(
     name="liger_kernel.transformers.functional.liger_cross_entropy",
     writes_input=True,
     options={"z_loss": "lse_square_scale", "softcap": "softcap"},
+)
+
+
+def _liger_without_weight_or_softcap(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    lse_square_scale: float = 0.0,
+) -> Tensor:
+    return _liger_cross_entropy(
+        logits,
+        target,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        lse_square_scale=lse_square_scale,
+    )
+
+
+liger_cross_entropy_interpreted = KernelSpec(
+    fn=_liger_without_weight_or_softcap,
+    name="liger_kernel.transformers.functional.liger_cross_entropy",
+    writes_input=True,
+    options={"z_loss": "lse_square_scale"},
 )
