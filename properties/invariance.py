@@ -17,7 +17,7 @@ from properties._checks import (
 from properties._clause import Trial
 from properties._problem import Problem
 from properties._spec import clause
-from properties.strategies import Batch, batch_shapes, batches, shifted_logits
+from properties.strategies import LARGEST_CLASS_WEIGHT, Batch, batch_shapes, batches, shifted_logits
 from properties.tolerances import loss_bound
 
 
@@ -42,9 +42,12 @@ def loss_is_invariant_under_a_shift(trial: Trial) -> None:
             dtype=trial.dtype,
             target=batch.target,
             # Label smoothing over a masked class is infinite: no masking with it; and its sum
-            # over the C classes needs C times the headroom.
+            # over the C classes needs C times the headroom, class weights up to 16 times.
             masked=not smoothing,
-            headroom=64 * rows * (vocab if smoothing else 1),
+            headroom=64
+            * rows
+            * (vocab if smoothing else 1)
+            * (LARGEST_CLASS_WEIGHT if batch.weight is not None else 1),
         ),
         label="shifted logits",
     )

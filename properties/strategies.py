@@ -119,6 +119,8 @@ def _generator(seed: int) -> str:
 
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
+#: Class weights lie in [1/16, 16]; logits leave room for losses scaled by the largest.
+LARGEST_CLASS_WEIGHT = 16.0
 
 
 # --- Sizes ------------------------------------------------------------------------------------
@@ -298,12 +300,14 @@ def logits(
     ties: bool = True,
     masked: st.SearchStrategy[float] | None = None,
     headroom: float | None = None,
+    max_offset: float | None = None,
     name: str = "logits",
 ) -> Drawn:
     """Logits (rows, C) in ``dtype``: scaled standard-normal values in one to three row
     families of their own scale and offset (``far``: every offset near the dtype's limit),
     optionally a dominant logit (see DOMINANCE) ``min_gap`` or more away, exact ties, and a
-    share of -inf entries drawn from ``masked`` (never on a row's target column).
+    share of -inf entries drawn from ``masked`` (never on a row's target column). Row offsets
+    reach half the dtype's largest value unless ``max_offset`` says less.
 
     Scales and gaps stay below largest/headroom (64·rows by default) so that no loss, sum or
     gradient can overflow: a correct kernel must then return finite values, and an overflow is
@@ -316,7 +320,7 @@ def logits(
     families = [
         _RowFamily(
             scale=draw(logit_scales(dtype=dtype, min_scale=min(min_scale, top), max_scale=top)),
-            offset=draw(logit_offsets(max_magnitude=largest / 2, far=far)),
+            offset=draw(logit_offsets(max_magnitude=max_offset or largest / 2, far=far)),
         )
         for _ in range(family_count)
     ]
@@ -400,19 +404,21 @@ def _row_families(
 @st.composite
 def class_weights(draw: st.DrawFn, *, vocab_size: int, dtype: str, name: str = "weight") -> Drawn:
     """Positive class weights in ``dtype`` (torch requires the logits' dtype): all equal, or
-    log-uniform in [1/16, 16]. Equal weights of 1 come last: they hide a weighted mean divided by
-    the number of rows, so a failure should not shrink to them."""
+    log-uniform in [1/16, LARGEST_CLASS_WEIGHT = 16]. Equal weights of 1 come last: they hide a
+    weighted mean divided by the number of rows, so a failure should not shrink to them."""
     if draw(st.booleans()):
         constant = draw(st.sampled_from([0.5, 3.0, 1.0]))
         lines = [f"{name} = torch.full(({vocab_size},), {constant!r}, dtype={torch_dtype(dtype)})"]
         return _build(name, lines)
+    exponent = math.log2(LARGEST_CLASS_WEIGHT)
     if vocab_size <= LITERAL_LIMIT:
-        values = [2.0 ** draw(st.floats(-4.0, 4.0)) for _ in range(vocab_size)]
+        values = [2.0 ** draw(st.floats(-exponent, exponent)) for _ in range(vocab_size)]
         lines = [f"{name} = torch.tensor({values!r}, dtype=torch.float64)"]
     else:
         lines = [
             f"g = {_generator(draw(seeds))}",
-            f"{name} = torch.exp2(torch.rand({vocab_size}, generator=g, dtype=torch.float64) * 8 - 4)",
+            f"{name} = torch.exp2(torch.rand({vocab_size}, generator=g, dtype=torch.float64)"
+            f" * {2 * exponent!r} - {exponent!r})",
         ]
     lines.append(f"{name} = {name}.to({torch_dtype(dtype)})")
     return _build(name, lines)
@@ -597,22 +603,55 @@ def batch_shapes(
     min_vocab: int = 1,
     max_vocab: int = 4096,
     max_logits: int = LOGITS_PER_EXAMPLE,
-    tall: bool = False,
 ) -> tuple[int, int]:
     """(N, C) within the oracle's budget (N·(C + ROW_COST) ≤ max_logits): wide batches (few
-    rows, thousands of classes) and narrow ones (hundreds of rows). ``tall`` adds, one draw in
-    sixteen, thousands of rows of at most four classes, where a reduction's accumulation shows
-    (rarely: the oracle spends about a second on one, more while shrinking). The tall branch is
-    the draw 15, not 0: Hypothesis shrinks integers toward 0, so a failure shrinks out of it."""
-    if tall and max_rows >= 1024 and min_vocab <= 4 and draw(st.integers(0, 15)) == 15:
-        rows = draw(st.integers(max(1024, min_rows), max(1024, min(max_rows, 4096))))
-        return rows, draw(st.integers(min_vocab, min(4, max_vocab)))
+    rows, thousands of classes) and narrow ones (hundreds of rows); see :func:`long_batches`
+    for thousands of rows."""
     vocab_limit = min(max_vocab, max_logits // min_rows - ROW_COST)
     vocab = draw(vocab_sizes(min_size=min_vocab, max_size=vocab_limit))
     rows = draw(
         batch_sizes(min_size=min_rows, max_size=min(max_rows, max_logits // (vocab + ROW_COST)))
     )
     return rows, vocab
+
+
+@st.composite
+def reduction_batches(
+    draw: st.DrawFn, *, dtype: str, kernel: KernelUnderTest | None, reduction: str
+) -> Batch:
+    """Batches for one reduction with any ignore_index; one draw in eight a long batch (see
+    :func:`long_batches`). Rarely, because the oracle spends about a second on one. The long
+    branch is the draw 7, not 0: Hypothesis shrinks integers toward 0, so a failure shrinks out
+    of it."""
+    if draw(st.integers(0, 7)) == 7:
+        return draw(long_batches(dtype=dtype, kernel=kernel, reduction=reduction))
+    return draw(
+        batches(dtype=dtype, kernel=kernel, reductions=(reduction,), options=("ignore_index",))
+    )
+
+
+def long_batches(
+    *, dtype: str, kernel: KernelUnderTest | None, reduction: str
+) -> st.SearchStrategy[Batch]:
+    """1024 to 4096 rows of two to four classes, logits of one moderate scale and offset, most
+    targets counted, no masked class, and either no dominant logit or every target far below
+    its row: thousands of similar per-token losses, where a reduction's accumulation shows. A
+    running sum in bfloat16 stalls once the total is 2^8 times a term; a few huge losses among
+    many small ones, losses near 0 (or infinite), huge offsets (whose bound is u·|x|), or C = 1
+    (every loss 0) would hide that."""
+    return batches(
+        dtype=dtype,
+        kernel=kernel,
+        reductions=(reduction,),
+        options=("ignore_index",),
+        shapes=st.tuples(st.integers(1024, 4096), st.integers(2, 4)),
+        ignored=st.sampled_from([0.0, 0.25]),
+        masked=st.just(0.0),
+        mixed_scales=False,
+        max_scale=4.0,
+        max_offset=64.0,
+        dominance=("nowhere", "below"),
+    )
 
 
 @st.composite
@@ -648,6 +687,11 @@ def batches(
         ignore = None
     target = draw(targets(rows=rows, vocab_size=vocab, ignore_index=ignore, ignored=ignored))
     smoothing = chosen.get("label_smoothing", 0.0) > 0.0
+    wants_weight = "weight" in require or ("weight" in options and draw(st.booleans()))
+    weighted = wants_weight and _accepts(kernel, "weight")
+    # Room for the largest sum of losses (rows × C smoothing terms), each scaled by a weight.
+    terms = rows * (vocab if smoothing else 1)
+    headroom = 64.0 * terms * (LARGEST_CLASS_WEIGHT if weighted else 1.0)
     drawn_logits = draw(
         logits(
             rows=rows,
@@ -655,14 +699,11 @@ def batches(
             dtype=dtype,
             target=target,
             masked=None if smoothing else (masked_fractions() if masked is None else masked),
-            headroom=64.0 * rows * (vocab if smoothing else 1),
+            headroom=headroom,
             **logit_options,
         )
     )
-    weight = None
-    wants_weight = "weight" in require or ("weight" in options and draw(st.booleans()))
-    if wants_weight and _accepts(kernel, "weight"):
-        weight = draw(class_weights(vocab_size=vocab, dtype=dtype))
+    weight = draw(class_weights(vocab_size=vocab, dtype=dtype)) if weighted else None
     return Batch(drawn_logits, target, weight, chosen)
 
 

@@ -12,20 +12,14 @@ from hypothesis import strategies as st
 from properties._checks import expect_oracle_loss
 from properties._clause import Trial
 from properties._spec import accepts, all_of, clause, supports
-from properties.strategies import batch_shapes, batches
+from properties.strategies import batches, reduction_batches
 
 
 @clause(applies=supports("mean"))
 def mean_is_the_average_loss_of_counted_tokens(trial: Trial) -> None:
     """L_mean = Σ_{i counted} ℓ_i / #{i counted}.  [CE-MEAN] tol: loss"""
     batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            reductions=("mean",),
-            options=("ignore_index",),
-            shapes=batch_shapes(tall=True),
-        ),
+        reduction_batches(dtype=trial.dtype, kernel=trial.kernel, reduction="mean"),
         label="batch",
     )
     expect_oracle_loss(trial, batch)
@@ -35,13 +29,7 @@ def mean_is_the_average_loss_of_counted_tokens(trial: Trial) -> None:
 def sum_is_the_total_loss_of_counted_tokens(trial: Trial) -> None:
     """L_sum = Σ_{i counted} ℓ_i.  [CE-SUM] tol: loss"""
     batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            reductions=("sum",),
-            options=("ignore_index",),
-            shapes=batch_shapes(tall=True),
-        ),
+        reduction_batches(dtype=trial.dtype, kernel=trial.kernel, reduction="sum"),
         label="batch",
     )
     expect_oracle_loss(trial, batch)

@@ -84,9 +84,28 @@ def test_reaches_a_vocabulary_next_to_a_power_of_two() -> None:
 
 def test_reaches_thousands_of_rows() -> None:
     finds(
-        batches(dtype="float32", shapes=strategies.batch_shapes(tall=True)),
+        strategies.reduction_batches(dtype="float32", kernel=None, reduction="mean"),
         lambda b: b.x.shape[0] >= 2000,
     )
+
+
+def test_long_batches_expose_a_running_bfloat16_sum() -> None:
+    """The long branch of CE-SUM and CE-MEAN exists for this: most of its draws put a running
+    bfloat16 sum past the bound (the mixed-scale batches of the general branch rarely do)."""
+    outcomes: list[bool] = []
+
+    @settings(SEARCH, max_examples=8, phases=[Phase.generate])
+    @given(strategies.long_batches(dtype="bfloat16", kernel=None, reduction="sum"))
+    def running_sum_fails(b: Batch) -> None:
+        problem = Problem.of(b.x, b.y, **b.keywords())
+        keywords = {**b.keywords(), "reduction": "none"}
+        running = torch.zeros((), dtype=torch.bfloat16)
+        for loss in torch.nn.functional.cross_entropy(b.x, b.y, **keywords):
+            running = running + loss
+        outcomes.append(ratio(running, oracle_loss(problem), loss_bound(problem)) > 1)
+
+    running_sum_fails()
+    assert sum(outcomes) >= 6, outcomes
 
 
 def test_reaches_a_vocabulary_of_one() -> None:
