@@ -82,7 +82,10 @@ def loss_and_gradient(
         raise Mismatch(
             "the loss does not require grad: the kernel is not differentiable", reproducer=""
         )
-    loss.backward(grad_output.to(device=loss.device, dtype=loss.dtype).reshape(loss.shape))
+    # A copy: a backward that writes into its upstream gradient (CE-PURE's concern) must not
+    # change the tensor the oracle's gradient is computed from.
+    upstream = grad_output.to(device=loss.device, dtype=loss.dtype).reshape(loss.shape).clone()
+    loss.backward(upstream)
     if leaf.grad is None:
         raise Mismatch("backward() left no gradient on the logits", reproducer="")
     return loss.detach().cpu(), leaf.grad.detach().cpu()

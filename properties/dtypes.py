@@ -2,7 +2,9 @@
 
 The inputs are drawn exactly representable in bfloat16 *and* float16 (hence in float32), so
 the three calls compute the loss of the very same numbers and the one oracle value judges all
-three, each against its own dtype's bound (see properties/tolerances.py).
+three, each against its own dtype's bound (see properties/tolerances.py). A dtype whose range
+cannot hold the weighted sums label smoothing needs is skipped on that input
+(tolerances.storage_holds_the_row_sums).
 """
 
 from __future__ import annotations
