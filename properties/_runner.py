@@ -171,7 +171,7 @@ def run_clause(
     def shrinking_cut() -> int | None:
         # Hypothesis stops shrinking silently at the deadline; the time since the first failure
         # tells. (Replaying the shrunk example afterwards adds one call, hence "about".)
-        if first_failure_at is None or shrinking_seconds is None:
+        if first_failure_at is None:
             return None
         spent = time.perf_counter() - first_failure_at
         return shrinking_seconds if spent >= shrinking_seconds else None

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from properties._problem import Problem
+from properties.strategies import largest_finite
 
 #: Unit roundoff u = 2^-p (p = significand bits with the implicit one): a correctly rounded
 #: result lies within a relative u of the exact value.
@@ -142,15 +143,6 @@ def _kept_lse_error(problem: Problem, rows: _Rows) -> torch.Tensor:
     return storage_roundoff(problem.dtype) * (2 + rows.lse.abs())
 
 
-#: Largest finite values: a per-row value a correct kernel keeps in the storage dtype must
-#: stay below them (see :func:`storage_holds_the_row_sums`).
-LARGEST_FINITE: Mapping[str, float] = {
-    "float32": float(torch.finfo(torch.float32).max),
-    "bfloat16": float(torch.finfo(torch.bfloat16).max),
-    "float16": float(torch.finfo(torch.float16).max),
-}
-
-
 def storage_holds_the_row_sums(problem: Problem) -> bool:
     """Whether the per-row sums a correct kernel may keep in the storage dtype are finite there.
 
@@ -174,7 +166,7 @@ def storage_holds_the_row_sums(problem: Problem) -> bool:
     largest = [smoothing_sums.max(), total]
     if problem.reduction == "mean" and counted_weight > 0:
         largest.append(total / counted_weight)
-    return bool(max(float(v) for v in largest) < LARGEST_FINITE[problem.dtype] / 2)
+    return bool(max(float(v) for v in largest) < largest_finite(problem.dtype) / 2)
 
 
 def _weights(problem: Problem) -> torch.Tensor:
