@@ -1,7 +1,6 @@
 """lmloss: the production PyTorch side (loss API, kernels, training loop, checker, CLI)."""
 
 from lmloss._data import ByteDataset, Corpus, file_corpus, python_docs_corpus
-from lmloss._kernel import KernelSpec
 from lmloss._loss import LMLoss, cross_entropy, lm_loss, perplexity, sequence_logprob
 from lmloss._model import GPT, GPTConfig
 from lmloss._train import (
@@ -13,6 +12,7 @@ from lmloss._train import (
     save_checkpoint,
     train,
 )
+from properties.engine.kernel import KernelSpec
 
 __all__: list[str] = [
     "ByteDataset",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmloss._check import (
+from properties.engine.check import (
     DEFAULT_KERNELS,
     DEVICES,
     DTYPES,
@@ -23,8 +23,8 @@ from lmloss._check import (
 )
 
 if TYPE_CHECKING:
-    from properties._clause import Clause
-    from properties._runner import ClauseResult
+    from properties.engine.clause import Clause
+    from properties.engine.runner import ClauseResult
 
 EXIT_CONFORMS = 0
 EXIT_FAILS = 1
@@ -139,7 +139,7 @@ def _check_and_print(
 ) -> None:
     """Run the clauses, printing each result as it comes (the report is the progress)."""
     from lmloss import _check_report as render
-    from properties._runner import PROFILES
+    from properties.engine.runner import PROFILES
 
     examples = PROFILES[profile]["max_examples"]
     # On a terminal, say which clause is running; the result line then overwrites it.

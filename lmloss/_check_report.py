@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lmloss._check import KernelReport
-    from properties._runner import ClauseResult, Status
+    from properties.engine.check import KernelReport
+    from properties.engine.runner import ClauseResult, Status
 
 _STATUS_WORDS = {
     "holds": "holds",

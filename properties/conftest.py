@@ -30,16 +30,16 @@ import pytest
 from hypothesis import settings
 
 if TYPE_CHECKING:
-    from lmloss._kernel import KernelUnderTest
-    from properties._clause import Clause
+    from properties.engine.clause import Clause
+    from properties.engine.kernel import KernelUnderTest
 
-#: Same defaults as `lmloss check` (lmloss._check.DEFAULT_KERNELS, which imports torch).
+#: Same defaults as `lmloss check` (properties.engine.check.DEFAULT_KERNELS, which imports torch).
 DEFAULT_KERNELS = ("lmloss:cross_entropy", "torch.nn.functional:cross_entropy")
 DEFAULT_DTYPES = ("float32", "bfloat16")
 PROFILE = os.environ.get("LMLOSS_PROFILE", "quick")
 
 # Profiles for every @given test in the repository (the oracle's tests among them); the clauses
-# run under properties._runner's own settings for the same profile name. ci is repeatable.
+# run under properties.engine.runner's own settings for the same profile name. ci is repeatable.
 settings.register_profile("quick", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=False)
 settings.register_profile("thorough", deadline=None)
@@ -108,7 +108,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def kernel(request: pytest.FixtureRequest) -> KernelUnderTest:
     """The kernel under test, loaded from its SPEC."""
-    from lmloss._check import SpecError, load_kernel
+    from properties.engine.check import SpecError, load_kernel
 
     try:
         return load_kernel(request.param)
@@ -143,7 +143,7 @@ def check(
     kernel: KernelUnderTest, dtype: str, device: str, profile: str
 ) -> Callable[[Clause], Any]:
     """check(clause): run it for this kernel and dtype; fail with the shrunk counterexample."""
-    from properties._runner import run_clause
+    from properties.engine.runner import run_clause
 
     declared = kernel.spec.dtypes
     if declared is not None and dtype not in declared:

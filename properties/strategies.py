@@ -24,7 +24,7 @@ import torch
 from hypothesis import strategies as st
 
 if TYPE_CHECKING:
-    from lmloss._kernel import KernelUnderTest
+    from properties.engine.kernel import KernelUnderTest
 
 #: The dtypes the suite knows, by the names the checker uses.
 DTYPES: Mapping[str, torch.dtype] = {

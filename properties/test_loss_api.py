@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import lmloss
 from lmloss import LMLoss, cross_entropy, lm_loss, perplexity, sequence_logprob
-from properties._checks import discrepancy
-from properties._oracle import oracle_gradient, oracle_loss, oracle_sequence_logprob
-from properties._problem import Problem
+from properties.ce.oracle import oracle_gradient, oracle_loss, oracle_sequence_logprob
+from properties.ce.problem import Problem
+from properties.engine.checks import discrepancy
 from properties.strategies import (
     DTYPES,
     ignore_indices,

@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 import lmloss
 from lmloss import GPT, ByteDataset, GPTConfig, TrainConfig, cross_entropy, forward_backward
 from lmloss.__main__ import main as lmloss_main
-from lmloss._kernel import KernelUnderTest
 from lmloss._train import IGNORE_INDEX
-from properties._oracle import oracle_gradient, oracle_loss
-from properties._problem import Problem
+from properties.ce.oracle import oracle_gradient, oracle_loss
+from properties.ce.problem import Problem
+from properties.engine.kernel import KernelUnderTest
 from properties.strategies import seeds
 from properties.tolerances import TOLERANCES, reordered_float64_bound
 

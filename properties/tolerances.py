@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from properties._problem import Problem
+from properties.ce.problem import Problem
 from properties.strategies import largest_finite
 
 #: Unit roundoff u = 2^-p (p = significand bits with the implicit one): a correctly rounded

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmloss._kernel import KernelSpec
+from properties.engine.kernel import KernelSpec
 
 
 def mean_counts_ignored_tokens(

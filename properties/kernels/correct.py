@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmloss._kernel import KernelSpec
+from properties.engine.kernel import KernelSpec
 
 #: Rows per chunk of chunked_cross_entropy: small and odd on purpose, so that every batch the
 #: suite draws crosses chunk boundaries and leaves a ragged last chunk.

@@ -25,7 +25,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmloss._kernel import KernelSpec
+from properties.engine.kernel import KernelSpec
 
 #: Hypothesis draws a new shape, dtype or option value for almost every example, and each one
 #: may recompile. Past its recompile limit torch.compile silently falls back to eager, which

@@ -19,12 +19,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lmloss._kernel import KernelSpec  # noqa: E402
+from properties.engine.kernel import KernelSpec  # noqa: E402
 from properties.kernels import broken  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 #: Generous: a broken kernel is caught within seconds, but shrinking may take up to 30 s
-#: (properties._runner.SHRINKING_SECONDS["ci"]) and the machine may be shared.
+#: (properties.engine.runner.SHRINKING_SECONDS["ci"]) and the machine may be shared.
 SECONDS_PER_RUN = 300
 
 
@@ -71,7 +71,7 @@ def report_of(path: Path) -> dict[str, Any]:
 
 
 def test_every_broken_kernel_names_a_clause_that_exists() -> None:
-    from properties.clauses import CLAUSES
+    from properties.catalogue import CLAUSES
 
     known = {clause.id for clause in CLAUSES}
     assert len(BROKEN) >= 12

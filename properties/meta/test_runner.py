@@ -19,10 +19,10 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import strategies as st  # noqa: E402
 
-from lmloss._kernel import resolve  # noqa: E402
-from properties._clause import Clause, ClauseViolation, Trial  # noqa: E402
-from properties._runner import run_clause  # noqa: E402
-from properties._snippet import call_snippet, tensor_expression  # noqa: E402
+from properties.engine.clause import Clause, ClauseViolation, Trial  # noqa: E402
+from properties.engine.kernel import resolve  # noqa: E402
+from properties.engine.runner import run_clause  # noqa: E402
+from properties.engine.snippet import call_snippet, tensor_expression  # noqa: E402
 from properties.kernels import broken  # noqa: E402
 
 F = torch.nn.functional

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, Phase, find, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from properties import strategies  # noqa: E402
-from properties._oracle import oracle_gradient, oracle_loss  # noqa: E402
-from properties._problem import Problem  # noqa: E402
-from properties.clauses import CLAUSES, SECTIONS  # noqa: E402
+from properties.catalogue import CLAUSES, SECTIONS  # noqa: E402
+from properties.ce.oracle import oracle_gradient, oracle_loss  # noqa: E402
+from properties.ce.problem import Problem  # noqa: E402
 from properties.strategies import Batch, batches, long_sequences, shifted_logits  # noqa: E402
 from properties.tolerances import (  # noqa: E402
     TOLERANCES,

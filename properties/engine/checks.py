@@ -1,6 +1,6 @@
 """Calling the kernel under test, comparing with the oracle, and writing the reproducer.
 
-A failed check raises :class:`properties._spec.Mismatch` with everything a person needs: what
+A failed check raises :class:`properties.engine.declare.Mismatch` with everything a person needs: what
 was compared, the input, the kernel's value, the oracle's value, the error, the bound, and a
 short Python snippet that reproduces the call.
 """
@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from lmloss._kernel import KernelUnderTest
-from properties._clause import Trial
-from properties._oracle import oracle_gradient, oracle_loss
-from properties._problem import Problem
-from properties._snippet import _kernel_import as kernel_import_lines
-from properties._spec import Mismatch
+from properties.ce.oracle import oracle_gradient, oracle_loss
+from properties.ce.problem import Problem
+from properties.engine.clause import Trial
+from properties.engine.declare import Mismatch
+from properties.engine.kernel import KernelUnderTest
+from properties.engine.snippet import _kernel_import as kernel_import_lines
 from properties.strategies import Batch, Drawn
 from properties.tolerances import gradient_bound, loss_bound
 

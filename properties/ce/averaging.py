@@ -12,7 +12,9 @@ from itertools import pairwise
 import torch
 from hypothesis import strategies as st
 
-from properties._checks import (
+from properties.ce.oracle import oracle_gradient
+from properties.ce.problem import Problem
+from properties.engine.checks import (
     batch_reproducer,
     call_expression,
     call_source,
@@ -23,10 +25,8 @@ from properties._checks import (
     loss_of,
     reproducer,
 )
-from properties._clause import Trial
-from properties._oracle import oracle_gradient
-from properties._problem import Problem
-from properties._spec import accepts, all_of, clause, differentiable, supports
+from properties.engine.clause import Trial
+from properties.engine.declare import accepts, all_of, clause, differentiable, supports
 from properties.strategies import batch_shapes, batches, upstream_gradients
 from properties.tolerances import gradient_bound, loss_bound
 

@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lmloss._kernel import KernelUnderTest
-from properties._clause import Clause, ClauseViolation, Trial
+from properties.engine.clause import Clause, ClauseViolation, Trial
+from properties.engine.kernel import KernelUnderTest
 from properties.tolerances import TOLERANCES
 
 Applicability = Callable[[KernelUnderTest], "str | None"]

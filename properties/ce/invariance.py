@@ -6,7 +6,8 @@ subtracting the row's maximum overflows once the shift is large enough.
 
 from __future__ import annotations
 
-from properties._checks import (
+from properties.ce.problem import Problem
+from properties.engine.checks import (
     call_source,
     check_close,
     context,
@@ -14,9 +15,8 @@ from properties._checks import (
     loss_of,
     reproducer,
 )
-from properties._clause import Trial
-from properties._problem import Problem
-from properties._spec import clause
+from properties.engine.clause import Trial
+from properties.engine.declare import clause
 from properties.strategies import LARGEST_CLASS_WEIGHT, Batch, batch_shapes, batches, shifted_logits
 from properties.tolerances import loss_bound
 

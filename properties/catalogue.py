@@ -6,7 +6,7 @@ equation, then the clause ID and the tolerance key (see properties/_spec.py).
 
 from __future__ import annotations
 
-from properties import (
+from properties.ce import (
     averaging,
     bounds,
     dtypes,
@@ -20,7 +20,7 @@ from properties import (
     reshape,
     value,
 )
-from properties._clause import Clause
+from properties.engine.clause import Clause
 
 SECTIONS = (
     value,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from properties._checks import (
+from properties.ce.oracle import oracle_gradient
+from properties.ce.problem import Problem
+from properties.engine.checks import (
     batch_reproducer,
     check_close,
     context,
@@ -19,10 +21,8 @@ from properties._checks import (
     loss_and_gradient,
     loss_of,
 )
-from properties._clause import Trial
-from properties._oracle import oracle_gradient
-from properties._problem import Problem
-from properties._spec import clause
+from properties.engine.clause import Trial
+from properties.engine.declare import clause
 from properties.strategies import DTYPES, Drawn, batch_shapes, batches, upstream_gradients
 from properties.tolerances import gradient_bound, loss_bound, storage_holds_the_row_sums
 

@@ -12,17 +12,17 @@ import math
 
 import torch
 
-from properties._checks import (
+from properties.ce.oracle import oracle_sequence_logprob
+from properties.ce.problem import Problem
+from properties.engine.checks import (
     batch_reproducer,
     check_close,
     context,
     expect_oracle_loss,
     loss_of,
 )
-from properties._clause import Trial
-from properties._oracle import oracle_sequence_logprob
-from properties._problem import Problem
-from properties._spec import clause, supports
+from properties.engine.clause import Trial
+from properties.engine.declare import clause, supports
 from properties.strategies import batch_shapes, batches, long_sequences
 from properties.tolerances import loss_bound
 

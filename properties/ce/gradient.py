@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from properties._checks import (
+from properties.ce.problem import Problem
+from properties.engine.checks import (
     batch_reproducer,
     check_close,
     check_equal,
@@ -18,9 +19,8 @@ from properties._checks import (
     expect_oracle_gradient,
     loss_and_gradient,
 )
-from properties._clause import Trial
-from properties._problem import Problem
-from properties._spec import accepts, all_of, clause, differentiable, supports
+from properties.engine.clause import Trial
+from properties.engine.declare import accepts, all_of, clause, differentiable, supports
 from properties.strategies import LOGITS_PER_EXAMPLE, batch_shapes, batches, upstream_gradients
 from properties.tolerances import gradient_row_sum_bound
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hypothesis.strategies import DataObject
 
-    from lmloss._kernel import KernelUnderTest
+    from properties.engine.kernel import KernelUnderTest
 
 
 @dataclass

@@ -12,7 +12,8 @@ from itertools import pairwise
 import torch
 from hypothesis import strategies as st
 
-from properties._checks import (
+from properties.ce.problem import Problem
+from properties.engine.checks import (
     call_expression,
     call_source,
     check_close,
@@ -21,9 +22,8 @@ from properties._checks import (
     loss_of,
     reproducer,
 )
-from properties._clause import Trial
-from properties._problem import Problem
-from properties._spec import clause, supports
+from properties.engine.clause import Trial
+from properties.engine.declare import clause, supports
 from properties.strategies import batches, row_permutations, sequences
 from properties.tolerances import loss_bound
 

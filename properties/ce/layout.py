@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
-from properties._checks import (
+from properties.ce.oracle import oracle_gradient
+from properties.ce.problem import Problem
+from properties.engine.checks import (
     call_source,
     check_close,
     context,
@@ -22,10 +24,8 @@ from properties._checks import (
     loss_of,
     reproducer,
 )
-from properties._clause import Trial
-from properties._oracle import oracle_gradient
-from properties._problem import Problem
-from properties._spec import clause, differentiable
+from properties.engine.clause import Trial
+from properties.engine.declare import clause, differentiable
 from properties.strategies import Batch, batch_shapes, batches, upstream_gradients
 from properties.tolerances import gradient_bound, loss_bound
 

@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from properties._clause import Clause, ClauseViolation, Trial
-from properties._snippet import call_snippet
+from properties.engine.clause import Clause, ClauseViolation, Trial
+from properties.engine.snippet import call_snippet
 
 if TYPE_CHECKING:
-    from lmloss._kernel import KernelUnderTest
+    from properties.engine.kernel import KernelUnderTest
 
 Status = Literal["holds", "fails", "not applicable", "error"]
 Profile = Literal["quick", "ci", "thorough"]

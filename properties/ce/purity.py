@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from properties._checks import batch_reproducer, check_equal, context
-from properties._clause import Trial
-from properties._spec import Mismatch, clause
+from properties.engine.checks import batch_reproducer, check_equal, context
+from properties.engine.clause import Trial
+from properties.engine.declare import Mismatch, clause
 from properties.strategies import batches, upstream_gradients
 
 

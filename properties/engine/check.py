@@ -1,8 +1,8 @@
 """`lmloss check`'s work: load a kernel from a SPEC, run every clause against it, collect results.
 
 Rendering lives in :mod:`lmloss._check_report`, the command line in :mod:`lmloss._check_cli`.
-The clauses come from ``properties.clauses.CLAUSES``; each one runs once per dtype under the
-Hypothesis settings of the chosen profile (:mod:`properties._runner`).
+The clauses come from ``properties.catalogue.CLAUSES``; each one runs once per dtype under the
+Hypothesis settings of the chosen profile (:mod:`properties.engine.runner`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from lmloss._kernel import KernelSpec, KernelUnderTest, resolve
+from properties.engine.kernel import KernelSpec, KernelUnderTest, resolve
 
 if TYPE_CHECKING:
-    from properties._clause import Clause
-    from properties._runner import ClauseResult
+    from properties.engine.clause import Clause
+    from properties.engine.runner import ClauseResult
 
 #: What `lmloss check` with no SPEC checks: this project's production loss and PyTorch's.
 DEFAULT_KERNELS = ("lmloss:cross_entropy", "torch.nn.functional:cross_entropy")
@@ -127,7 +127,7 @@ def check_device(kernel: KernelUnderTest, device: str) -> None:
 
 def select_clauses(ids: Sequence[str]) -> tuple[Clause, ...]:
     """Every clause of the spec, or those named (SpecError for an unknown ID)."""
-    from properties.clauses import CLAUSES
+    from properties.catalogue import CLAUSES
 
     if not ids:
         return tuple(CLAUSES)
@@ -149,10 +149,10 @@ def check_kernel(
     """Run every clause for every dtype of ``report``, appending results as they finish.
 
     The kernel's first failure is shrunk with the profile's full budget, later ones briefly
-    (properties._runner.LATER_SHRINKING_SECONDS): a broken kernel's report comes in seconds
+    (properties.engine.runner.LATER_SHRINKING_SECONDS): a broken kernel's report comes in seconds
     per failing clause, not half a minute each. ``exit_first`` stops at the first failure.
     """
-    from properties._runner import LATER_SHRINKING_SECONDS, SHRINKING_SECONDS, run_clause
+    from properties.engine.runner import LATER_SHRINKING_SECONDS, SHRINKING_SECONDS, run_clause
 
     start = time.perf_counter()
     for clause in clauses:

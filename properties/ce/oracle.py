@@ -13,7 +13,7 @@ import torch
 from hypothesis import note, reject
 
 import reference
-from properties._problem import Problem
+from properties.ce.problem import Problem
 
 
 def _call(function: Callable[..., Any], *arguments: Any, **keywords: Any) -> Any:

@@ -11,15 +11,15 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from properties._checks import (
+from properties.engine.checks import (
     batch_reproducer,
     check_equal,
     context,
     expect_oracle_loss,
     loss_and_gradient,
 )
-from properties._clause import Trial
-from properties._spec import clause, differentiable, supports
+from properties.engine.clause import Trial
+from properties.engine.declare import clause, differentiable, supports
 from properties.strategies import Batch, batch_shapes, batches, row_masks, upstream_gradients
 
 _SOME_MASKED = st.sampled_from([0.5, 0.9, 1.0])

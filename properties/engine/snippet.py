@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from lmloss._kernel import KernelUnderTest
+    from properties.engine.kernel import KernelUnderTest
 
 
 def number(value: float) -> str:
