@@ -12,21 +12,19 @@ from itertools import pairwise
 import torch
 from hypothesis import strategies as st
 
-from properties.ce.oracle import oracle_gradient
-from properties.ce.problem import Problem
-from properties.engine.checks import (
+from properties.ce.calls import (
     batch_reproducer,
     call_expression,
     call_source,
-    check_close,
-    check_equal,
     context,
     loss_and_gradient,
     loss_of,
     reproducer,
 )
-from properties.engine.clause import Trial
-from properties.engine.declare import accepts, all_of, clause, differentiable, supports
+from properties.ce.oracle import oracle_gradient
+from properties.ce.problem import Problem
+from properties.engine.checks import check_close, check_equal
+from properties.engine.clause import Trial, accepts, all_of, clause, differentiable, supports
 from properties.strategies import batch_shapes, batches, upstream_gradients
 from properties.tolerances import gradient_bound, loss_bound
 

@@ -11,10 +11,10 @@ import math
 
 import torch
 
+from properties.ce.calls import batch_reproducer, context, loss_of
 from properties.ce.problem import Problem
-from properties.engine.checks import batch_reproducer, check_close, context, loss_of
-from properties.engine.clause import Trial
-from properties.engine.declare import clause, supports
+from properties.engine.checks import check_close
+from properties.engine.clause import Trial, clause, supports
 from properties.strategies import LOGITS_PER_EXAMPLE, batch_shapes, batches
 from properties.tolerances import loss_bound
 

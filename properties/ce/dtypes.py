@@ -11,18 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from properties.ce.calls import batch_reproducer, context, expected_loss, loss_and_gradient, loss_of
 from properties.ce.oracle import oracle_gradient
 from properties.ce.problem import Problem
-from properties.engine.checks import (
-    batch_reproducer,
-    check_close,
-    context,
-    expected_loss,
-    loss_and_gradient,
-    loss_of,
-)
-from properties.engine.clause import Trial
-from properties.engine.declare import clause
+from properties.engine.checks import check_close
+from properties.engine.clause import Trial, clause
 from properties.strategies import DTYPES, Drawn, batch_shapes, batches, upstream_gradients
 from properties.tolerances import gradient_bound, loss_bound, storage_holds_the_row_sums
 

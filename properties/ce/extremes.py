@@ -12,17 +12,11 @@ import math
 
 import torch
 
+from properties.ce.calls import batch_reproducer, context, expect_oracle_loss, loss_of
 from properties.ce.oracle import oracle_sequence_logprob
 from properties.ce.problem import Problem
-from properties.engine.checks import (
-    batch_reproducer,
-    check_close,
-    context,
-    expect_oracle_loss,
-    loss_of,
-)
-from properties.engine.clause import Trial
-from properties.engine.declare import clause, supports
+from properties.engine.checks import check_close
+from properties.engine.clause import Trial, clause, supports
 from properties.strategies import batch_shapes, batches, long_sequences
 from properties.tolerances import loss_bound
 

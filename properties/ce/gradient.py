@@ -10,17 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from properties.ce.calls import batch_reproducer, context, expect_oracle_gradient, loss_and_gradient
 from properties.ce.problem import Problem
-from properties.engine.checks import (
-    batch_reproducer,
-    check_close,
-    check_equal,
-    context,
-    expect_oracle_gradient,
-    loss_and_gradient,
-)
-from properties.engine.clause import Trial
-from properties.engine.declare import accepts, all_of, clause, differentiable, supports
+from properties.engine.checks import check_close, check_equal
+from properties.engine.clause import Trial, accepts, all_of, clause, differentiable, supports
 from properties.strategies import LOGITS_PER_EXAMPLE, batch_shapes, batches, upstream_gradients
 from properties.tolerances import gradient_row_sum_bound
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from properties.ce.calls import call_source, context, loss_of, reproducer
 from properties.ce.problem import Problem
-from properties.engine.checks import call_source, check_close, context, loss_of, reproducer
-from properties.engine.clause import Trial
-from properties.engine.declare import clause, supports
+from properties.engine.checks import check_close
+from properties.engine.clause import Trial, clause, supports
 from properties.strategies import batches, logits, row_masks
 from properties.tolerances import loss_bound
 

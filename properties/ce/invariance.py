@@ -6,17 +6,10 @@ subtracting the row's maximum overflows once the shift is large enough.
 
 from __future__ import annotations
 
+from properties.ce.calls import call_source, context, expected_loss, loss_of, reproducer
 from properties.ce.problem import Problem
-from properties.engine.checks import (
-    call_source,
-    check_close,
-    context,
-    expected_loss,
-    loss_of,
-    reproducer,
-)
-from properties.engine.clause import Trial
-from properties.engine.declare import clause
+from properties.engine.checks import check_close
+from properties.engine.clause import Trial, clause
 from properties.strategies import LARGEST_CLASS_WEIGHT, Batch, batch_shapes, batches, shifted_logits
 from properties.tolerances import loss_bound
 

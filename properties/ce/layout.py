@@ -13,19 +13,18 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
-from properties.ce.oracle import oracle_gradient
-from properties.ce.problem import Problem
-from properties.engine.checks import (
+from properties.ce.calls import (
     call_source,
-    check_close,
     context,
     expected_loss,
     loss_and_gradient,
     loss_of,
     reproducer,
 )
-from properties.engine.clause import Trial
-from properties.engine.declare import clause, differentiable
+from properties.ce.oracle import oracle_gradient
+from properties.ce.problem import Problem
+from properties.engine.checks import check_close
+from properties.engine.clause import Trial, clause, differentiable
 from properties.strategies import Batch, batch_shapes, batches, upstream_gradients
 from properties.tolerances import gradient_bound, loss_bound
 

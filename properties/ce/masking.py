@@ -11,15 +11,9 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from properties.engine.checks import (
-    batch_reproducer,
-    check_equal,
-    context,
-    expect_oracle_loss,
-    loss_and_gradient,
-)
-from properties.engine.clause import Trial
-from properties.engine.declare import clause, differentiable, supports
+from properties.ce.calls import batch_reproducer, context, expect_oracle_loss, loss_and_gradient
+from properties.engine.checks import check_equal
+from properties.engine.clause import Trial, clause, differentiable, supports
 from properties.strategies import Batch, batch_shapes, batches, row_masks, upstream_gradients
 
 _SOME_MASKED = st.sampled_from([0.5, 0.9, 1.0])

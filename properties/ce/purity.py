@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from properties.engine.checks import batch_reproducer, check_equal, context
-from properties.engine.clause import Trial
-from properties.engine.declare import Mismatch, clause
+from properties.ce.calls import batch_reproducer, context
+from properties.engine.checks import check_equal
+from properties.engine.clause import Mismatch, Trial, clause
 from properties.strategies import batches, upstream_gradients
 
 

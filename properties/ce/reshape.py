@@ -12,18 +12,17 @@ from itertools import pairwise
 import torch
 from hypothesis import strategies as st
 
-from properties.ce.problem import Problem
-from properties.engine.checks import (
+from properties.ce.calls import (
     call_expression,
     call_source,
-    check_close,
     context,
     expected_loss,
     loss_of,
     reproducer,
 )
-from properties.engine.clause import Trial
-from properties.engine.declare import clause, supports
+from properties.ce.problem import Problem
+from properties.engine.checks import check_close
+from properties.engine.clause import Trial, clause, supports
 from properties.strategies import batches, row_permutations, sequences
 from properties.tolerances import loss_bound
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from properties.engine.checks import expect_oracle_loss
-from properties.engine.clause import Trial
-from properties.engine.declare import accepts, all_of, clause, supports
+from properties.ce.calls import expect_oracle_loss
+from properties.engine.clause import Trial, accepts, all_of, clause, supports
 from properties.strategies import batches, reduction_batches
 
 
