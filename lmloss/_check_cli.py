@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from properties.engine.check import (
-    DEFAULT_KERNELS,
-    DEVICES,
-    DTYPES,
     KernelReport,
     SpecError,
     check_device,
@@ -21,6 +18,7 @@ from properties.engine.check import (
     select_clauses,
     versions,
 )
+from properties.engine.defaults import DEFAULT_KERNELS, DEFAULT_PROFILE, DEVICES, DTYPES, PROFILES
 
 if TYPE_CHECKING:
     from properties.engine.clause import Clause
@@ -64,8 +62,8 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--profile",
-        choices=("quick", "ci", "thorough"),
-        default="quick",
+        choices=tuple(PROFILES),
+        default=DEFAULT_PROFILE,
         help=(
             "quick (default): a couple of minutes; ci: derandomized and shorter; "
             "thorough: 10,000 examples per clause, steered toward the largest errors"
@@ -139,7 +137,6 @@ def _check_and_print(
 ) -> None:
     """Run the clauses, printing each result as it comes (the report is the progress)."""
     from lmloss import _check_report as render
-    from properties.engine.runner import PROFILES
 
     examples = PROFILES[profile]["max_examples"]
     # On a terminal, say which clause is running; the result line then overwrites it.

@@ -28,6 +28,7 @@ _STATUS_WORDS = {
 def header(report: KernelReport, examples: int) -> str:
     kernel = report.kernel
     lines = [f"lmloss check: {kernel.name}" + (f"  ({kernel.source})" if kernel.source else "")]
+    lines.append(f"  contract: {kernel.contract.name}, {kernel.contract.shape}")
     dtypes = ", ".join(report.dtypes)
     lines.append(
         f"  device {report.device} · dtypes {dtypes} · "
@@ -137,6 +138,7 @@ def _kernel_data(report: KernelReport) -> dict[str, Any]:
         "versions": report.versions,
         "dtypes": list(report.dtypes),
         "skipped_dtypes": report.skipped_dtypes,
+        "contract": report.kernel.contract.name,
         "accepts": sorted(report.kernel.accepts),
         "declares": {
             "dtypes": list(spec.dtypes) if spec.dtypes is not None else None,

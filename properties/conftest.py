@@ -29,14 +29,20 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import settings
 
+from properties.engine.defaults import (
+    DEFAULT_DTYPES,
+    DEFAULT_KERNELS,
+    DEFAULT_PROFILE,
+    DEVICES,
+    DTYPES,
+    PROFILES,
+)
+
 if TYPE_CHECKING:
     from properties.engine.clause import Clause
     from properties.engine.kernel import KernelUnderTest
 
-#: Same defaults as `lmloss check` (properties.engine.check.DEFAULT_KERNELS, which imports torch).
-DEFAULT_KERNELS = ("lmloss:cross_entropy", "torch.nn.functional:cross_entropy")
-DEFAULT_DTYPES = ("float32", "bfloat16")
-PROFILE = os.environ.get("LMLOSS_PROFILE", "quick")
+PROFILE = os.environ.get("LMLOSS_PROFILE", DEFAULT_PROFILE)
 
 # Profiles for every @given test in the repository (the oracle's tests among them); the clauses
 # run under properties.engine.runner's own settings for the same profile name. ci is repeatable.
@@ -59,13 +65,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--dtype",
         action="append",
         default=[],
-        choices=("float32", "bfloat16", "float16"),
-        help="dtype to check (repeat for several); env LMLOSS_DTYPE; default float32, bfloat16",
+        choices=DTYPES,
+        help="dtype to check (repeat for several); env LMLOSS_DTYPE; default: the device's, "
+        f"on CPU {', '.join(DEFAULT_DTYPES['cpu'])}",
     )
     group.addoption(
         "--device",
         default=os.environ.get("LMLOSS_DEVICE", "cpu"),
-        choices=("cpu", "cuda"),
+        choices=DEVICES,
         help="device to check on; env LMLOSS_DEVICE; default cpu",
     )
 
@@ -79,13 +86,15 @@ def dtypes(config: pytest.Config) -> list[str]:
     return (
         config.getoption("dtype")
         or _split(os.environ.get("LMLOSS_DTYPE", ""))
-        or list(DEFAULT_DTYPES)
+        or list(DEFAULT_DTYPES[config.getoption("device")])
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if PROFILE not in ("quick", "ci", "thorough"):
-        raise pytest.UsageError(f"LMLOSS_PROFILE={PROFILE!r}: expected quick, ci or thorough")
+    if PROFILE not in PROFILES:
+        raise pytest.UsageError(
+            f"LMLOSS_PROFILE={PROFILE!r}: expected one of {', '.join(PROFILES)}"
+        )
     settings.load_profile(PROFILE)
 
 

@@ -1,8 +1,10 @@
-"""`lmloss check`'s work: load a kernel from a SPEC, run every clause against it, collect results.
+"""Checking a kernel: load it from a SPEC, run each clause of its contract in each dtype as a
+:class:`~properties.engine.job.Job`, collect the results in a :class:`KernelReport`.
 
-Rendering lives in :mod:`lmloss._check_report`, the command line in :mod:`lmloss._check_cli`.
-The clauses come from ``properties.catalogue.CLAUSES``; each one runs once per dtype under the
-Hypothesis settings of the chosen profile (:mod:`properties.engine.runner`).
+`lmloss check` (lmloss/_check_cli.py) and the pytest suite (properties/conftest.py) both stand
+on this; rendering a report lives in lmloss/_check_report.py. The clauses come from
+``properties.catalogue``; each runs once per dtype under the Hypothesis settings of the chosen
+profile (:mod:`properties.engine.runner`).
 """
 
 from __future__ import annotations
@@ -17,20 +19,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from properties.engine.defaults import DEFAULT_DTYPES, shrinking_seconds
+from properties.engine.job import CATALOGUE, Job, find_clause
 from properties.engine.kernel import KernelSpec, KernelUnderTest, resolve
 
 if TYPE_CHECKING:
     from properties.engine.clause import Clause
     from properties.engine.runner import ClauseResult
 
-#: What `lmloss check` with no SPEC checks: this project's production loss and PyTorch's.
-DEFAULT_KERNELS = ("lmloss:cross_entropy", "torch.nn.functional:cross_entropy")
-#: dtypes the suite has tolerances for.
-DTYPES = ("float32", "bfloat16", "float16")
-#: dtypes checked when none are asked for: on CPU the two that training uses there (float32,
-#: and bfloat16 under autocast); float16 is one --dtype away.
-DEFAULT_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16", "float16")}
-DEVICES = ("cpu", "cuda")
 #: Packages whose version every report names anyway (or that are part of lmloss).
 _NAMED_ALREADY = frozenset({"torch", "lmloss", "properties", "reference", "hypothesis"})
 
@@ -82,6 +78,8 @@ def load_kernel(spec: str) -> KernelUnderTest:
         obj = getattr(obj, part)
     try:
         return resolve(obj, source=spec.strip())
+    except ValueError as exc:  # a declaration the contract does not allow
+        raise SpecError(f"{spec}: {exc}") from None
     except TypeError as exc:
         if isinstance(obj, KernelSpec):
             raise SpecError(f"{spec}: the KernelSpec's fn is not callable ({exc})") from None
@@ -125,17 +123,18 @@ def check_device(kernel: KernelUnderTest, device: str) -> None:
             raise SpecError("--device cuda: no CUDA device is available to this PyTorch")
 
 
-def select_clauses(ids: Sequence[str]) -> tuple[Clause, ...]:
-    """Every clause of the spec, or those named (SpecError for an unknown ID)."""
-    from properties.catalogue import CLAUSES
-
+def select_clauses(ids: Sequence[str], catalogue: str = CATALOGUE) -> tuple[Clause, ...]:
+    """Every clause of the catalogue, or those named (SpecError for an unknown ID)."""
+    module, _, attribute = catalogue.partition(":")
+    clauses: Sequence[Clause] = getattr(importlib.import_module(module), attribute)
     if not ids:
-        return tuple(CLAUSES)
-    known = {clause.id: clause for clause in CLAUSES}
-    unknown = [clause_id for clause_id in ids if clause_id not in known]
-    if unknown:
-        raise SpecError(f"unknown clause {', '.join(unknown)}; the clauses are {', '.join(known)}")
-    return tuple(known[clause_id] for clause_id in dict.fromkeys(ids))
+        return tuple(clauses)
+    try:
+        return tuple(find_clause(catalogue, clause_id) for clause_id in dict.fromkeys(ids))
+    except KeyError:
+        unknown = [clause_id for clause_id in ids if all(c.id != clause_id for c in clauses)]
+        known = ", ".join(clause.id for clause in clauses)
+        raise SpecError(f"unknown clause {', '.join(unknown)}; the clauses are {known}") from None
 
 
 def check_kernel(
@@ -146,32 +145,32 @@ def check_kernel(
     on_result: Callable[[ClauseResult], None] = lambda result: None,
     exit_first: bool = False,
 ) -> KernelReport:
-    """Run every clause for every dtype of ``report``, appending results as they finish.
+    """Run every clause of the kernel's contract for every dtype of ``report``, appending
+    results as they finish.
 
     The kernel's first failure is shrunk with the profile's full budget, later ones briefly
-    (properties.engine.runner.LATER_SHRINKING_SECONDS): a broken kernel's report comes in seconds
+    (properties.engine.defaults.shrinking_seconds): a broken kernel's report comes in seconds
     per failing clause, not half a minute each. ``exit_first`` stops at the first failure.
     """
-    from properties.engine.runner import LATER_SHRINKING_SECONDS, SHRINKING_SECONDS, run_clause
-
     start = time.perf_counter()
-    for clause in clauses:
+    own = [clause for clause in clauses if clause.contract == report.kernel.contract.name]
+    for clause in own:
         for dtype in report.dtypes:
             on_start(clause, dtype)
             failed_before = any(result.status == "fails" for result in report.results)
-            budgets = LATER_SHRINKING_SECONDS if failed_before else SHRINKING_SECONDS
-            result = run_clause(
-                clause,
-                report.kernel,
+            job = Job(
+                spec=report.kernel.source or report.kernel.name,
+                clause=clause.id,
                 dtype=dtype,
                 device=report.device,
                 profile=report.profile,
-                shrinking_seconds=budgets[report.profile],
+                shrinking_seconds=shrinking_seconds(report.profile, failed_before=failed_before),
             )
+            result = job.run(kernel=report.kernel, clause=clause)
             report.results.append(result)
             on_result(result)
             if exit_first and result.status == "fails":
-                report.stopped_early = len(report.results) < len(clauses) * len(report.dtypes)
+                report.stopped_early = len(report.results) < len(own) * len(report.dtypes)
                 report.seconds = time.perf_counter() - start
                 return report
     report.seconds = time.perf_counter() - start

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from properties.contract import contract_of_clause
 from properties.engine.kernel import KernelUnderTest
 from properties.tolerances import TOLERANCES
 
@@ -40,38 +41,42 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Clause:
+class ClauseInfo:
+    """What a report says about a clause: plain data, so it crosses process boundaries."""
+
     id: str  # e.g. "CE-SHIFT"
-    title: str  # e.g. "shift invariance"
+    title: str  # e.g. "loss is invariant under a shift"
     equation: str  # e.g. "L(x + c·1, y) = L(x, y) for every scalar c"
     tolerance: str | None  # key in properties.tolerances; None for exact clauses
-    test: Callable[[Trial], None]
+    contract: str  # the name of the contract whose prefix opens the ID
+
+
+@dataclass(frozen=True)
+class Clause(ClauseInfo):
+    """A clause and the test that states it."""
+
+    test: Callable[[Trial], None] = field(repr=False, default=lambda trial: None)
     #: kernel -> None when the clause applies, else the reason it does not (shown in the report).
-    applies: Callable[[KernelUnderTest], str | None] = field(default=lambda kernel: None)
+    applies: Callable[[KernelUnderTest], str | None] = field(
+        repr=False, default=lambda kernel: None
+    )
+
+    def info(self) -> ClauseInfo:
+        return ClauseInfo(self.id, self.title, self.equation, self.tolerance, self.contract)
 
 
-class ClauseViolation(AssertionError):
-    """A clause did not hold. The message names the clause, the input, both values, the error and the bound."""
+@dataclass(frozen=True)
+class Violation:
+    """What did not hold, as plain data: the clause, the message (the input, both values), the
+    oracle's and the kernel's value, the error, the bound, and a snippet that reproduces it."""
 
-    def __init__(
-        self,
-        clause: str,
-        *,
-        message: str,
-        reproducer: str,
-        oracle: Any = None,
-        kernel: Any = None,
-        error: float | None = None,
-        bound: float | None = None,
-    ) -> None:
-        self.clause = clause
-        self.message = message
-        self.reproducer = reproducer  # a short Python snippet that reproduces the failure
-        self.oracle = oracle
-        self.kernel = kernel
-        self.error = error
-        self.bound = bound
-        super().__init__(self.render())
+    clause: str
+    message: str
+    reproducer: str  # a short Python snippet that reproduces the failure
+    oracle: Any = None
+    kernel: Any = None
+    error: float | None = None
+    bound: float | None = None
 
     def render(self) -> str:
         lines = [f"[{self.clause}] {self.message}"]
@@ -88,12 +93,47 @@ class ClauseViolation(AssertionError):
         return "\n".join(lines)
 
 
+class ClauseViolation(AssertionError):
+    """A clause did not hold: raised inside a clause's test, carries a :class:`Violation`."""
+
+    def __init__(
+        self,
+        clause: str,
+        *,
+        message: str,
+        reproducer: str,
+        oracle: Any = None,
+        kernel: Any = None,
+        error: float | None = None,
+        bound: float | None = None,
+    ) -> None:
+        self.violation = Violation(
+            clause, message, reproducer, _plain(oracle), _plain(kernel), error, bound
+        )
+        super().__init__(self.violation.render())
+
+
+def _plain(value: Any) -> Any:
+    """A value as plain Python (floats, lists of them): mpmath numbers and tensors are not."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 # --- Declaring a clause ----------------------------------------------------------------------
 
 Applicability = Callable[[KernelUnderTest], "str | None"]
 
+#: The ID opens with its contract's prefix (``CE-``, ``LCE-``...): see properties/contract/.
 _DOCSTRING = re.compile(
-    r"^(?P<equation>.+?)\s+\[(?P<id>CE-[A-Z0-9-]+)\]\s+tol:\s*(?P<tol>\w+)", re.S
+    r"^(?P<equation>.+?)\s+\[(?P<id>[A-Z]+-[A-Z0-9-]+)\]\s+tol:\s*(?P<tol>\w+)", re.S
 )
 
 
@@ -113,8 +153,9 @@ def clause(*, applies: Applicability | None = None) -> Callable[[Callable[[Trial
         match = _DOCSTRING.match((test.__doc__ or "").strip())
         if match is None:
             raise ValueError(
-                f"{test.__name__}: docstring must open with 'equation.  [CE-ID] tol: key'"
+                f"{test.__name__}: docstring must open with 'equation.  [PREFIX-ID] tol: key'"
             )
+        contract = contract_of_clause(match["id"])
         tolerance = match["tol"]
         if tolerance != "exact" and tolerance not in TOLERANCES:
             raise ValueError(f"{test.__name__}: unknown tolerance key {tolerance!r}")
@@ -136,6 +177,7 @@ def clause(*, applies: Applicability | None = None) -> Callable[[Callable[[Trial
             title=test.__name__.replace("_", " "),
             equation=equation,
             tolerance=None if tolerance == "exact" else tolerance,
+            contract=contract.name,
             test=run,
             applies=applies or always,
         )

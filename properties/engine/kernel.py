@@ -1,7 +1,8 @@
-"""A kernel under test (contract 2): the user's callable, what it declares, and how to call it.
+"""A kernel under test: the user's callable, what it declares, and how to call it.
 
-A kernel is any callable shaped like ``torch.nn.functional.cross_entropy``. The checker reads
-which keywords it accepts; a :class:`KernelSpec` at the same ``module:attr`` declares more.
+A kernel is any callable of one of the contracts (properties/contract/): by default one shaped
+like ``torch.nn.functional.cross_entropy``. The checker reads which of the contract's keywords
+it accepts; a :class:`KernelSpec` at the same ``module:attr`` declares more.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-#: The keywords of contract 2, under the names the suite uses for them.
-STANDARD_KEYWORDS = ("ignore_index", "reduction", "label_smoothing", "weight")
-#: Extra options a KernelSpec may declare, each mapped to the kernel's own keyword name.
-EXTRA_OPTIONS = ("z_loss", "softcap")
+from properties.contract import Contract, contract_named, recognise
 
 
 @dataclass(frozen=True)
@@ -29,12 +27,16 @@ class KernelSpec:
     fn: Callable[..., Any]
     #: Shown in the report header; defaults to the callable's qualified name.
     name: str | None = None
+    #: The contract the kernel follows, by name (properties/contract/); None: recognised from
+    #: the callable's signature, contract 2 ("cross_entropy") when nothing else matches.
+    contract: str | None = None
     #: dtypes the kernel supports, by torch name ("float32", "bfloat16", "float16").
     #: None: the checker's defaults for the device.
     dtypes: tuple[str, ...] | None = None
     devices: tuple[str, ...] = ("cpu", "cuda")
     reductions: tuple[str, ...] = ("mean", "sum", "none")
-    #: Extra options (see EXTRA_OPTIONS) -> the kernel's keyword for each, e.g. {"z_loss": "lse_square_scale"}.
+    #: Extra options (the contract's ``options``) -> the kernel's keyword for each,
+    #: e.g. {"z_loss": "lse_square_scale"}.
     options: Mapping[str, str] = field(default_factory=dict)
     #: True when the kernel writes into its logits argument (Liger writes the gradient there).
     writes_input: bool = False
@@ -46,12 +48,14 @@ class KernelSpec:
 
 @dataclass(frozen=True)
 class KernelUnderTest:
-    """A resolved kernel: the callable, its spec, and the keywords it accepts."""
+    """A resolved kernel: the callable, its spec, its contract, and the keywords it accepts."""
 
     spec: KernelSpec
-    #: Standard keywords (STANDARD_KEYWORDS) and declared extra options the kernel accepts.
+    #: The contract's keywords and the declared extra options the kernel accepts.
     accepts: frozenset[str]
-    #: "module:attr" it was loaded from, so a failure report can print a runnable reproducer.
+    contract: Contract
+    #: "module:attr" it was loaded from, so a failure report can print a runnable reproducer,
+    #: and a worker process can load it again.
     source: str | None = None
     #: True when ``source`` names a KernelSpec rather than the bare callable.
     declared: bool = False
@@ -64,25 +68,28 @@ class KernelUnderTest:
             or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
         )
 
-    def __call__(self, logits: Any, target: Any, **options: Any) -> Any:
+    def __call__(self, *arguments: Any, **options: Any) -> Any:
         """Call the kernel with the suite's option names, translated to the kernel's own."""
         unknown = set(options) - self.accepts
         if unknown:
             raise TypeError(f"{self.name} does not accept {sorted(unknown)}")
-        translated = {self.spec.options.get(key, key): value for key, value in options.items()}
-        return self.spec.fn(logits, target, **translated)
+        return self.spec.fn(*arguments, **self.translate(options))
+
+    def translate(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options under the kernel's own keyword names (KernelSpec.options)."""
+        return {self.spec.options.get(key, key): value for key, value in options.items()}
 
 
-def accepted_keywords(fn: Callable[..., Any]) -> frozenset[str]:
-    """The standard keywords that ``fn``'s signature accepts (all of them for ``**kwargs``)."""
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature: assume the full contract
-        return frozenset(STANDARD_KEYWORDS)
+def accepted_keywords(fn: Callable[..., Any], contract: Contract) -> frozenset[str]:
+    """The contract's keywords that ``fn``'s signature accepts (all of them for ``**kwargs``)."""
+    signature = _signature(fn)
+    if signature is None:  # builtins without a signature: assume the full contract
+        return frozenset(contract.keywords)
+    parameters = signature.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return frozenset(STANDARD_KEYWORDS)
+        return frozenset(contract.keywords)
     names = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
-    return frozenset(k for k in STANDARD_KEYWORDS if k in names)
+    return frozenset(k for k in contract.keywords if k in names)
 
 
 def resolve(obj: Any, *, source: str | None = None) -> KernelUnderTest:
@@ -91,5 +98,25 @@ def resolve(obj: Any, *, source: str | None = None) -> KernelUnderTest:
     spec = obj if declared else KernelSpec(fn=obj)
     if not callable(spec.fn):
         raise TypeError(f"{spec.fn!r} is not callable")
-    accepts = accepted_keywords(spec.fn) | frozenset(spec.options)
-    return KernelUnderTest(spec=spec, accepts=accepts, source=source, declared=declared)
+    contract = (
+        contract_named(spec.contract)
+        if spec.contract is not None
+        else recognise(_signature(spec.fn))
+    )
+    undeclarable = set(spec.options) - set(contract.options)
+    if undeclarable:
+        raise ValueError(
+            f"options {', '.join(sorted(undeclarable))} are not options of contract "
+            f"{contract.name!r} (its options: {', '.join(contract.options) or 'none'})"
+        )
+    accepts = accepted_keywords(spec.fn, contract) | frozenset(spec.options)
+    return KernelUnderTest(
+        spec=spec, accepts=accepts, contract=contract, source=source, declared=declared
+    )
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None

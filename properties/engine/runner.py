@@ -22,44 +22,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from properties.engine.clause import Clause, ClauseViolation, Trial
+from properties.engine.clause import Clause, ClauseInfo, ClauseViolation, Trial, Violation
+from properties.engine.defaults import PROFILES, SHRINKING_SECONDS, STEERING_PROFILES
 from properties.engine.snippet import call_snippet
 
 if TYPE_CHECKING:
     from properties.engine.kernel import KernelUnderTest
 
 Status = Literal["holds", "fails", "not applicable", "error"]
-Profile = Literal["quick", "ci", "thorough"]
-
-#: Hypothesis settings per profile (deadline, database and health checks are common to all).
-#: quick: `lmloss check`'s default; a correct kernel passes every clause for float32 and bfloat16
-#:   in under two minutes on 2 CPU cores (measured with `lmloss check` on an idle 2-core
-#:   machine: PyTorch's kernel 91 s, lmloss's 84 s), and most broken kernels fail within the
-#:   first examples.
-#: ci: derandomized, so a CI run is repeatable; fewer examples, because tox runs every clause for
-#:   two kernels and the whole CI must stay well under 20 minutes.
-#: thorough: at least 10,000 examples per clause, with ``hypothesis.target`` steering toward the
-#:   largest error/bound ratio (see STEERING_PROFILES).
-PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"max_examples": 50, "derandomize": False},
-    "ci": {"max_examples": 15, "derandomize": True},
-    "thorough": {"max_examples": 10_000, "derandomize": False},
-}
-STEERING_PROFILES = frozenset({"thorough"})
-#: Seconds Hypothesis may spend shrinking one failure. Its own limit is five minutes; for
-#: `lmloss check` a counterexample a little less minimal beats keeping the user waiting, and
-#: in CI a failure needs to be shown, not polished.
-SHRINKING_SECONDS = {"quick": 30, "ci": 5, "thorough": 300}
-#: Seconds for each failure after a kernel's first. A broken kernel usually fails many clauses
-#: in both dtypes; shrinking every one for 30 s would keep the user waiting minutes for what the
-#: first, fully shrunk counterexample already shows. The report says when shrinking was cut
-#: short, and ``--clause ID`` shrinks that clause alone with the full budget.
-LATER_SHRINKING_SECONDS = {"quick": 3, "ci": 2, "thorough": 300}
 
 
 @dataclass
 class ClauseResult:
-    clause: Clause
+    """The outcome of one clause in one dtype: plain data, so a worker process can return it."""
+
+    clause: ClauseInfo
     dtype: str
     device: str
     status: Status
@@ -69,7 +46,7 @@ class ClauseResult:
     examples: int
     seconds: float
     #: For "fails": what did not hold, on the shrunk counterexample.
-    violation: ClauseViolation | None = None
+    violation: Violation | None = None
     #: For "not applicable": why; for "error": the exception, in one line.
     reason: str | None = None
     #: For "error": the traceback and Hypothesis's notes, for whoever debugs the suite.
@@ -120,11 +97,18 @@ def run_clause(
     from hypothesis import strategies as st
 
     start = time.perf_counter()
-    reason = clause.applies(kernel)
+    if clause.contract != kernel.contract.name:
+        reason: str | None = (
+            f"a clause of contract {clause.contract!r}; the kernel is {kernel.contract.name!r}"
+        )
+    else:
+        reason = clause.applies(kernel)
     if reason is not None:
-        return ClauseResult(clause, dtype, device, "not applicable", 0.0, 0, 0.0, reason=reason)
+        return ClauseResult(
+            clause.info(), dtype, device, "not applicable", 0.0, 0, 0.0, reason=reason
+        )
 
-    recorder = _CallRecorder(kernel, clause)
+    recorder = _CallRecorder(kernel, clause, device)
     steer = profile in STEERING_PROFILES
     if shrinking_seconds is None:
         shrinking_seconds = SHRINKING_SECONDS[profile]
@@ -165,7 +149,7 @@ def run_clause(
     def result(status: Status, **outcome: Any) -> ClauseResult:
         seconds = time.perf_counter() - start
         return ClauseResult(
-            clause, dtype, device, status, worst_ratio, examples, seconds, **outcome
+            clause.info(), dtype, device, status, worst_ratio, examples, seconds, **outcome
         )
 
     def shrinking_cut() -> int | None:
@@ -179,9 +163,9 @@ def run_clause(
     try:
         with _shrinking_limited_to(shrinking_seconds):
             example()
-    except ClauseViolation as violation:
-        worst_ratio = max(worst_ratio, _ratio(violation))
-        return result("fails", violation=violation, shrinking_cut_at=shrinking_cut())
+    except ClauseViolation as raised:
+        worst_ratio = max(worst_ratio, _ratio(raised.violation))
+        return result("fails", violation=raised.violation, shrinking_cut_at=shrinking_cut())
     except Exception as exc:  # every other outcome is reported, not raised
         flaky = _violation_in_group(exc)
         if flaky is not None:
@@ -197,38 +181,41 @@ def run_clause(
 
 class _CallRecorder:
     """Wraps a kernel's callable: remembers its latest call and which exceptions it raised,
-    and holds its result to contract 2's shape (a Tensor: () for mean and sum, (N,) for none)."""
+    and holds its result to the rule of the kernel's contract (e.g. contract 2's shapes)."""
 
-    def __init__(self, kernel: KernelUnderTest, clause: Clause) -> None:
+    def __init__(self, kernel: KernelUnderTest, clause: Clause, device: str) -> None:
         self._original = kernel
         self._clause = clause
+        self._device = device
 
         # Keep the callable's name and module: clauses write them into their reproducers.
         @functools.wraps(kernel.spec.fn)
-        def recording(logits: Any, target: Any, **options: Any) -> Any:
-            return self._call(logits, target, **options)
+        def recording(*arguments: Any, **options: Any) -> Any:
+            return self._call(*arguments, **options)
 
         spec = dataclasses.replace(kernel.spec, fn=recording, name=kernel.name)
         self.kernel = dataclasses.replace(kernel, spec=spec)
-        self._last_call: tuple[Any, Any, dict[str, Any]] | None = None
+        self._last_call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._raised: list[BaseException] = []
 
     def forget(self) -> None:
         self._last_call = None
         self._raised.clear()
 
-    def _call(self, logits: Any, target: Any, **options: Any) -> Any:
+    def _call(self, *arguments: Any, **options: Any) -> Any:
         self._last_call = (
-            _snapshot(logits),
-            _snapshot(target),
+            tuple(_snapshot(argument) for argument in arguments),
             {key: _snapshot(value) for key, value in options.items()},
         )
         try:
-            result = self._original.spec.fn(logits, target, **options)
+            result = self._original.spec.fn(*arguments, **options)
         except Exception as exc:
             self._raised.append(exc)
             raise
-        problem = _contract_problem(result, logits, options.get("reduction", "mean"))
+        # The options arrive under the kernel's own names; the rule reads the suite's.
+        suite_names = {own: name for name, own in self._original.spec.options.items()}
+        keywords = {suite_names.get(key, key): value for key, value in options.items()}
+        problem = self._original.contract.result_rule(result, arguments, keywords)
         if problem is not None:
             raise self.violation(f"the kernel returned {problem}")
         return result
@@ -247,10 +234,8 @@ class _CallRecorder:
         if self._last_call is None:
             reproducer = "# no call of the kernel was recorded in this example"
         else:
-            logits, target, options = self._last_call
-            reproducer = call_snippet(self._original, logits, target, options)
-            if logits.requires_grad or _any_requires_grad(options):
-                reproducer += "\nloss.sum().backward()"
+            arguments, options = self._last_call
+            reproducer = call_snippet(self._original, arguments, options, device=self._device)
         return ClauseViolation(self._clause.id, message=message, reproducer=reproducer)
 
 
@@ -286,27 +271,6 @@ def _snapshot(value: Any) -> Any:
     return copy.requires_grad_(value.requires_grad)
 
 
-def _contract_problem(result: Any, logits: Any, reduction: str) -> str | None:
-    """What is wrong with a kernel's result under contract 2, or None."""
-    import torch
-
-    if not isinstance(result, torch.Tensor):
-        return f"a {type(result).__name__}, not a Tensor"
-    if getattr(logits, "dim", lambda: 0)() != 2:
-        return None  # not an (N, C) call: nothing to hold the shape to
-    expected = (logits.shape[0],) if reduction == "none" else ()
-    if tuple(result.shape) != expected:
-        return (
-            f"a tensor of shape {tuple(result.shape)}; "
-            f"reduction={reduction!r} gives shape {expected}"
-        )
-    return None
-
-
-def _any_requires_grad(options: dict[str, Any]) -> bool:
-    return any(getattr(value, "requires_grad", False) for value in options.values())
-
-
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     link: BaseException | None = exc
@@ -316,33 +280,26 @@ def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
         link = link.__cause__ or link.__context__
 
 
-def _violation_in_group(exc: BaseException) -> ClauseViolation | None:
+def _violation_in_group(exc: BaseException) -> Violation | None:
     """The violation inside Hypothesis's FlakyFailure (a failure that did not repeat on replay)."""
     from hypothesis.errors import FlakyFailure
 
     if isinstance(exc, FlakyFailure):
         for inner in exc.exceptions:
             if isinstance(inner, ClauseViolation):
-                return inner
+                return inner.violation
             found = _violation_in_group(inner)
             if found is not None:
                 return found
     return None
 
 
-def _mark_nondeterministic(violation: ClauseViolation) -> ClauseViolation:
-    return ClauseViolation(
-        violation.clause,
-        message=violation.message + " (nondeterministic: the same input passed when replayed)",
-        reproducer=violation.reproducer,
-        oracle=violation.oracle,
-        kernel=violation.kernel,
-        error=violation.error,
-        bound=violation.bound,
-    )
+def _mark_nondeterministic(violation: Violation) -> Violation:
+    message = violation.message + " (nondeterministic: the same input passed when replayed)"
+    return dataclasses.replace(violation, message=message)
 
 
-def _ratio(violation: ClauseViolation) -> float:
+def _ratio(violation: Violation) -> float:
     """The violation's error/bound; inf where either is missing or not a number."""
     error, bound = violation.error, violation.bound
     if error is None or bound is None or math.isnan(error) or math.isnan(bound):

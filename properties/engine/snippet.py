@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,33 +47,55 @@ def tensor_expression(tensor: torch.Tensor) -> str:
 
 def call_snippet(
     kernel: KernelUnderTest,
-    logits: torch.Tensor,
-    target: torch.Tensor,
+    arguments: Sequence[Any],
     options: Mapping[str, Any],
+    *,
+    device: str = "cpu",
 ) -> str:
     """Python that calls the kernel's own callable on these inputs, with these keywords.
 
-    ``options`` are the keywords as the callable receives them (already translated from the
-    suite's names by the KernelSpec). Tensors must be captured before the call if the kernel
-    may write into them.
+    ``arguments`` are the positional arguments, named as the kernel's contract names them;
+    ``options`` the keywords as the callable receives them (already translated from the
+    suite's names by the KernelSpec). Tensors are rebuilt on the CPU and moved to ``device``;
+    they must be captured before the call if the kernel may write into them. When an input
+    requires grad, the snippet runs the backward pass too.
     """
+    names = kernel.contract.arguments
+    positional = [
+        (names[i] if i < len(names) else f"argument_{i}", value)
+        for i, value in enumerate(arguments)
+    ]
     lines = ["import torch", *_kernel_import(kernel)]
-    arguments = ["logits", "target"]
-    lines.append(f"logits = {tensor_expression(logits)}")
-    if logits.requires_grad:
-        lines[-1] += ".requires_grad_()"
-    lines.append(f"target = {tensor_expression(target)}")
-    for key, value in options.items():
+    call = []
+    requires_grad = False
+    for name, value in [*positional, *options.items()]:
         if _is_tensor(value):
-            lines.append(f"{key} = {tensor_expression(value)}")
-            arguments.append(f"{key}={key}")
+            lines.append(f"{name} = {_tensor_on(value, device)}")
+            requires_grad = requires_grad or bool(value.requires_grad)
+            value_text = name
         else:
-            arguments.append(f"{key}={value!r}")
-    lines.append(f"loss = kernel({', '.join(arguments)})")
-    text = "\n".join(lines)
+            value_text = repr(value)
+        call.append(value_text if name not in options else f"{name}={value_text}")
+    lines.append(f"loss = kernel({', '.join(call)})")
+    if requires_grad:
+        lines.append("loss.sum().backward()")
+    return with_math_names("\n".join(lines))
+
+
+def with_math_names(text: str) -> str:
+    """``text`` with ``from math import inf, nan`` added when its literals use them."""
     if any(word in text for word in ("inf", "nan")):
         text = text.replace("import torch", "from math import inf, nan\n\nimport torch", 1)
     return text
+
+
+def _tensor_on(tensor: torch.Tensor, device: str) -> str:
+    expression = tensor_expression(tensor)
+    if device != "cpu":
+        expression += f'.to("{device}")'
+    if tensor.requires_grad:
+        expression += ".requires_grad_()"
+    return expression
 
 
 def _kernel_import(kernel: KernelUnderTest) -> list[str]:

@@ -42,6 +42,7 @@ def clause_of(test: Any, *, tolerance: str | None = "loss", applies: Any = None)
         title=test.__name__,
         equation="a test of the runner",
         tolerance=tolerance,
+        contract="cross_entropy",
         test=test,
         applies=applies or (lambda kernel: None),
     )
@@ -209,7 +210,7 @@ def test_a_call_snippet_runs_and_gives_the_same_loss() -> None:
         broken.mean_counts_ignored_tokens, source=f"{broken.__name__}:mean_counts_ignored_tokens"
     )
     snippet = (
-        call_snippet(kernel, logits, target, {"reduction": "mean"}) + "\nprint(repr(loss.item()))"
+        call_snippet(kernel, (logits, target), {"reduction": "mean"}) + "\nprint(repr(loss.item()))"
     )
     replayed = replay(snippet)
     expected = broken.mean_counts_ignored_tokens(logits, target, reduction="mean").item()
