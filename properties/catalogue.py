@@ -1,10 +1,13 @@
-"""Every clause of the specification, section by section (the order of DESIGN.md).
+"""Every clause of the specification, by contract and ID, in the order of DESIGN.md.
 
 Each section module states its clauses as test functions whose docstrings open with the
-equation, then the clause ID and the tolerance key (see properties/_spec.py).
+equation, then the clause ID (its prefix names the contract) and the tolerance key (see
+properties/engine/clause.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from properties.ce import (
     averaging,
@@ -22,7 +25,8 @@ from properties.ce import (
 )
 from properties.engine.clause import Clause
 
-SECTIONS = (
+#: Contract 2 (``F.cross_entropy``-shaped kernels), section by section.
+CROSS_ENTROPY_SECTIONS = (
     value,
     gradient,
     reshape,
@@ -37,4 +41,13 @@ SECTIONS = (
     bounds,
 )
 
-CLAUSES: tuple[Clause, ...] = tuple(clause for section in SECTIONS for clause in section.CLAUSES)
+CLAUSES: tuple[Clause, ...] = tuple(
+    clause for section in CROSS_ENTROPY_SECTIONS for clause in section.CLAUSES
+)
+BY_ID: Mapping[str, Clause] = {clause.id: clause for clause in CLAUSES}
+BY_CONTRACT: Mapping[str, tuple[Clause, ...]] = {
+    contract: tuple(clause for clause in CLAUSES if clause.contract == contract)
+    for contract in dict.fromkeys(clause.contract for clause in CLAUSES)
+}
+if len(BY_ID) != len(CLAUSES):
+    raise ValueError("two clauses share an ID")

@@ -56,7 +56,7 @@ def call_snippet(
 
     ``arguments`` are the positional arguments, named as the kernel's contract names them;
     ``options`` the keywords as the callable receives them (already translated from the
-    suite's names by the KernelSpec). Tensors are rebuilt on the CPU and moved to ``device``;
+    suite's names by the KernelSpec). Tensors are rebuilt on the CPU, each moved to ``device``;
     they must be captured before the call if the kernel may write into them. When an input
     requires grad, the snippet runs the backward pass too.
     """
@@ -65,7 +65,7 @@ def call_snippet(
         (names[i] if i < len(names) else f"argument_{i}", value)
         for i, value in enumerate(arguments)
     ]
-    lines = ["import torch", *_kernel_import(kernel)]
+    lines: list[str] = []
     call = []
     requires_grad = False
     for name, value in [*positional, *options.items()]:
@@ -76,9 +76,27 @@ def call_snippet(
         else:
             value_text = repr(value)
         call.append(value_text if name not in options else f"{name}={value_text}")
-    lines.append(f"loss = kernel({', '.join(call)})")
+    calls = [f"loss = kernel({', '.join(call)})"]
     if requires_grad:
-        lines.append("loss.sum().backward()")
+        calls.append("loss.sum().backward()")
+    return program(kernel, lines, calls)
+
+
+def program(
+    kernel: KernelUnderTest,
+    setup: Sequence[str],
+    calls: Sequence[str],
+    *,
+    device: str = "cpu",
+    tensors: Sequence[str] = (),
+) -> str:
+    """The one shape of every reproducer: imports, the kernel, the tensors (built on the CPU),
+    their move to ``device``, then the calls; ``inf`` and ``nan`` imported where used."""
+    lines = ["import torch", *_kernel_import(kernel), *setup]
+    if device != "cpu" and tensors:
+        moved = ", ".join(f'{name}.to("{device}")' for name in tensors)
+        lines.append(f"{', '.join(tensors)}{',' if len(tensors) == 1 else ''} = {moved}")
+    lines.extend(calls)
     return with_math_names("\n".join(lines))
 
 
