@@ -12,8 +12,10 @@ from reference._cross_entropy import cross_entropy
 from reference._gradient import cross_entropy_grad
 from reference._precision import PrecisionExhausted, precision
 from reference._sequence import log_softmax, logsumexp, sequence_logprob, sequence_prob, token_nll
+from reference._validate import DEFAULT_IGNORE_INDEX
 
 __all__ = [
+    "DEFAULT_IGNORE_INDEX",
     "PrecisionExhausted",
     "cross_entropy",
     "cross_entropy_grad",

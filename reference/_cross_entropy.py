@@ -23,6 +23,7 @@ from reference._batch import Batch, counted_weight, prepare
 from reference._certified import certified, certified_scalar
 from reference._enclosure import Enclosure
 from reference._row import Row
+from reference._validate import DEFAULT_IGNORE_INDEX
 
 MPF = tuple
 
@@ -31,7 +32,7 @@ def cross_entropy(
     logits: Sequence[Sequence[float]],
     targets: Sequence[int],
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     weight: Sequence[float] | None = None,

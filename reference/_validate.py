@@ -8,6 +8,9 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+#: The ignore_index of torch.nn.functional.cross_entropy: a target equal to it does not count.
+DEFAULT_IGNORE_INDEX = -100
+
 REDUCTIONS = ("mean", "sum", "none")
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from properties.engine.kernel import KernelSpec
+from reference import DEFAULT_IGNORE_INDEX
 
 #: Rows per chunk of chunked_cross_entropy: small and odd on purpose, so that every batch the
 #: suite draws crosses chunk boundaries and leaves a ragged last chunk.
@@ -31,7 +32,7 @@ def logsumexp_cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,
@@ -70,7 +71,7 @@ def chunked_cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from properties.engine.kernel import KernelSpec
+from reference import DEFAULT_IGNORE_INDEX
 
 #: Hypothesis draws a new shape, dtype or option value for almost every example, and each one
 #: may recompile. Past its recompile limit torch.compile silently falls back to eager, which
@@ -37,7 +38,7 @@ def compiled_cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,
@@ -75,7 +76,7 @@ def _liger_cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,
@@ -111,7 +112,7 @@ def _liger_without_weight_or_softcap(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     lse_square_scale: float = 0.0,
