@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,23 +95,42 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"lmloss check: error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+
+    def save() -> None:
+        if args.json is not None:
+            _write_json(args.json, reports, _exit_code(reports))
+
     try:
-        _check_and_print(reports, clauses, args.profile, exit_first=args.exitfirst)
+        _check_and_print(reports, clauses, args.profile, exit_first=args.exitfirst, after_each=save)
     except KeyboardInterrupt:
         print("\nlmloss check: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    exit_code = EXIT_CONFORMS if all(report.passed for report in reports) else EXIT_FAILS
+    exit_code = _exit_code(reports)
     if len(reports) > 1:
         verdict = (
             "every kernel conforms" if exit_code == EXIT_CONFORMS else "NOT every kernel conforms"
         )
         print(f"\nlmloss check: {verdict} (exit {exit_code})")
     if args.json is not None:
-        from lmloss._check_report import as_data
-
-        data = as_data(reports, exit_code)
-        args.json.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        _write_json(args.json, reports, exit_code, complete=True)
     return exit_code
+
+
+def _exit_code(reports: list[KernelReport]) -> int:
+    return EXIT_CONFORMS if all(report.passed for report in reports) else EXIT_FAILS
+
+
+def _write_json(
+    path: Path, reports: list[KernelReport], exit_code: int, *, complete: bool = False
+) -> None:
+    """Write the report so far (rewritten after each clause: a stopped run keeps what it found),
+    through a temporary file, so a reader never sees half a report."""
+    from lmloss._check_report import as_data
+
+    data = as_data(reports, exit_code, complete=complete)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _prepare(args: argparse.Namespace) -> tuple[list[KernelReport], tuple[Clause, ...]]:
@@ -134,8 +155,10 @@ def _check_and_print(
     profile: str,
     *,
     exit_first: bool = False,
+    after_each: Callable[[], None] = lambda: None,
 ) -> None:
-    """Run the clauses, printing each result as it comes (the report is the progress)."""
+    """Run the clauses, printing each result as it comes (the report is the progress), and the
+    story of each failure right after its line, a cause shared with an earlier one in a line."""
     from lmloss import _check_report as render
 
     examples = PROFILES[profile]["max_examples"]
@@ -146,17 +169,37 @@ def _check_and_print(
         if show_running:
             print(f"  {clause.id} {dtype} ...", end="\r", file=sys.stderr, flush=True)
 
-    def finished(result: ClauseResult) -> None:
-        print(render.result_line(result), flush=True)
-
     for index, report in enumerate(reports):
         if index:
             print()
         print(render.header(report, examples), flush=True)
+        finished = _result_printer(report, after_each)
         check_kernel(report, clauses, on_start=started, on_result=finished, exit_first=exit_first)
-        failures = render.details(report)
-        if failures:
-            print(f"\n{failures}")
         print(f"\n{render.summary(report)}", flush=True)
         if exit_first and not report.passed:
             return  # the kernels after it are not checked either
+
+
+def _result_printer(
+    report: KernelReport, after_each: Callable[[], None]
+) -> Callable[[ClauseResult], None]:
+    """Prints a result's line, then the story of its failure; a failure whose cause an earlier
+    one of this kernel showed in full gets one line that points to it."""
+    from lmloss import _check_report as render
+
+    first_of: dict[str, ClauseResult] = {}
+
+    def finished(result: ClauseResult) -> None:
+        print(render.result_line(result), flush=True)
+        key = render.cause(result)
+        if key is not None and key in first_of:
+            story: str | None = render.repeated_cause(result, first_of[key])
+        else:
+            if key is not None:
+                first_of[key] = result
+            story = render.detail(report, result)
+        if story is not None:
+            print(f"\n{story}\n", flush=True)
+        after_each()
+
+    return finished

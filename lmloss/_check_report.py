@@ -65,36 +65,74 @@ def result_line(result: ClauseResult) -> str:
     )
 
 
-def details(report: KernelReport) -> str:
-    """The full story of each failure and error, after the per-clause lines."""
-    sections = []
-    for result in report.results:
-        if result.status == "fails" and result.violation is not None:
-            body = result.violation.render()
-            if result.shrinking_cut_at is not None:
-                command = (
-                    f"lmloss check {report.kernel.source or 'SPEC'} "
-                    f"--clause {result.clause.id} --dtype {result.dtype}"
-                )
-                body += (
-                    f"\n(shrinking stopped after {result.shrinking_cut_at} s, so a smaller "
-                    f"counterexample may exist; `{command}` shrinks it for longer)"
-                )
-        elif result.status == "error":
-            body = (
-                "the check could not be completed (an error in the check, not a verdict on "
-                f"the kernel):\n{result.detail}"
+def detail(report: KernelReport, result: ClauseResult) -> str | None:
+    """The full story of one failure or error (None for a clause that holds or does not apply)."""
+    if result.status == "fails" and result.violation is not None:
+        body = result.violation.render()
+        if result.shrinking_cut_at is not None:
+            command = (
+                f"lmloss check {report.kernel.source or 'SPEC'} "
+                f"--clause {result.clause.id} --dtype {result.dtype}"
             )
-        else:
-            continue
-        title = (
-            f"{result.clause.id} · {result.dtype} · {_STATUS_WORDS[result.status]}"
-            f" · {result.clause.title}"
+            body += (
+                f"\n(shrinking stopped after {result.shrinking_cut_at} s, so a smaller "
+                f"counterexample may exist; `{command}` shrinks it for longer)"
+            )
+    elif result.status == "error":
+        body = (
+            "the check could not be completed (an error in the check, not a verdict on "
+            f"the kernel):\n{result.detail}"
         )
-        # A clause's message may already open with its equation; say it once.
-        equation = "" if result.clause.equation in body else f"  {result.clause.equation}\n"
-        sections.append(f"{title}\n{equation}" + _indent(body, "  "))
+    else:
+        return None
+    # A clause's message may already open with its equation; say it once.
+    equation = "" if result.clause.equation in body else f"  {result.clause.equation}\n"
+    return f"{_title(result)}\n{equation}" + _indent(body, "  ")
+
+
+def cause(result: ClauseResult) -> str | None:
+    """What a failure shares with others of the same root cause: the kernel raising the same
+    exception with the same message, or returning the same wrong kind of result; None for a
+    failure of the values, which is its clause's own."""
+    if result.violation is None:
+        return None
+    for line in result.violation.message.splitlines():
+        line = line.strip()
+        if line.startswith(("the kernel raised", "the kernel returned")):
+            return line
+    return None
+
+
+def repeated_cause(result: ClauseResult, first: ClauseResult) -> str:
+    """The line that stands for a failure whose cause was shown in full with ``first``."""
+    return (
+        f"{_title(result)}\n  same cause as {first.clause.id} · {first.dtype} (shown above): "
+        f"{cause(result)}"
+    )
+
+
+def details(report: KernelReport) -> str:
+    """The story of each failure and error, a shared cause told once."""
+    sections = []
+    first_of: dict[str, ClauseResult] = {}
+    for result in report.results:
+        key = cause(result)
+        if key is not None and key in first_of:
+            sections.append(repeated_cause(result, first_of[key]))
+            continue
+        if key is not None:
+            first_of[key] = result
+        text = detail(report, result)
+        if text is not None:
+            sections.append(text)
     return "\n\n".join(sections)
+
+
+def _title(result: ClauseResult) -> str:
+    return (
+        f"{result.clause.id} · {result.dtype} · {_STATUS_WORDS[result.status]}"
+        f" · {result.clause.title}"
+    )
 
 
 _SUMMARY_WORDS: tuple[tuple[Status, str], ...] = (
@@ -117,10 +155,14 @@ def summary(report: KernelReport) -> str:
     )
 
 
-def as_data(reports: Sequence[KernelReport], exit_code: int) -> dict[str, Any]:
-    """The report as JSON-ready data: non-finite numbers become the strings "inf", "-inf", "nan"."""
+def as_data(
+    reports: Sequence[KernelReport], exit_code: int, *, complete: bool = True
+) -> dict[str, Any]:
+    """The report as JSON-ready data: non-finite numbers become the strings "inf", "-inf", "nan".
+    ``complete`` is False while the run goes on (the exit code is then the verdict so far)."""
     first = reports[0] if reports else None
     return {
+        "complete": complete,
         "exit_code": exit_code,
         "device": first.device if first else None,
         "profile": first.profile if first else None,
