@@ -4,7 +4,9 @@ The strategies aim at the hard places, not at typical inputs: vocabularies of 1 
 thousand classes (odd sizes and sizes next to powers of two, where tiled kernels keep a tail),
 batches of one row to thousands, logit scales from 1e-3 to the dtype's largest finite value,
 rows of very different scales in one batch, near-ties, one dominant logit, masked (-inf)
-logits, every target ignored, and an ignore_index of any value.
+logits, every target ignored, an ignore_index of any value, inputs handed over as views
+(transposed, sliced, offset, expanded: :func:`layouts`), and batches cut into ragged parts
+(:func:`splits`).
 
 Every tensor is drawn as float64 values and rounded through torch to the dtype under test, so
 the kernel and the oracle see identical inputs. Each drawn tensor carries the Python that
@@ -18,20 +20,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import torch
 from hypothesis import strategies as st
 
+from properties.engine.defaults import DTYPES as DTYPE_NAMES
+from properties.engine.dtypes import largest_finite, torch_dtype
+
 if TYPE_CHECKING:
     from properties.engine.kernel import KernelUnderTest
 
-#: The dtypes the suite knows, by the names the checker uses.
-DTYPES: Mapping[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+#: The dtypes the suite knows, by the names the checker uses (properties/engine/defaults.py).
+DTYPES: Mapping[str, torch.dtype] = {name: torch_dtype(name) for name in DTYPE_NAMES}
 REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_IGNORE_INDEX = -100
 #: Tensors with at most this many elements are drawn element by element (so Hypothesis can
@@ -46,21 +48,6 @@ ROW_COST = 24
 #: |z| of the standard-normal base values stays below this (for 4096 draws, P(|z| > 8) ≈ 5e-12;
 #: literal values are drawn within ±4), so a row's spread is at most 2 · 8 · scale.
 _BASE_SPREAD = 8.0
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
-
-
-def largest_finite(dtype: str) -> float:
-    return float(torch.finfo(torch_dtype(dtype)).max)
-
-
-def smallest_normal(dtype: str) -> float:
-    return float(torch.finfo(torch_dtype(dtype)).tiny)
 
 
 # --- Tensors that carry their own reproducer ---------------------------------------------------
@@ -271,10 +258,13 @@ class _RowFamily:
     offset: float
 
 
-def masked_fractions() -> st.SearchStrategy[float]:
+def masked_fractions(*, always: bool = False) -> st.SearchStrategy[float]:
     """The share of -inf logits (masked vocabulary): none (one draw in two), half, most, or
     (one draw in eight) all but the target: such a row has loss 0 and gradient 0, which hide
-    every scale bug, so it must not crowd out the rest."""
+    every scale bug, so it must not crowd out the rest. ``always``: never none; half, most or
+    all but the target in equal shares (for the clauses about masking itself)."""
+    if always:
+        return st.sampled_from([0.5, 0.9, 1.0])
     return st.sampled_from([0.0, 0.5, 0.0, 0.9, 0.0, 0.5, 0.0, 1.0])
 
 
@@ -475,12 +465,135 @@ def row_masks(draw: st.DrawFn, *, rows: int, name: str = "rows") -> Drawn:
     )
 
 
+def splits(
+    *, rows: int, min_parts: int = 1, max_parts: int | None = None
+) -> st.SearchStrategy[list[tuple[int, int]]]:
+    """Ways to cut ``rows`` consecutive rows into non-empty parts, as (start, stop) pairs in
+    order: from ``min_parts`` to ``max_parts`` parts (to ``rows`` by default, and never more than
+    ``rows``). Ragged on purpose: a part may hold one row or all but one. The cuts are drawn as a
+    set of row indices, so a failure shrinks toward fewer cuts, each at a smaller index."""
+    most = rows if max_parts is None else max_parts
+    if not 1 <= min_parts <= min(most, rows):
+        raise ValueError(f"cannot cut {rows} rows into {min_parts} to {most} parts")
+    if rows == 1 or most == 1:
+        return st.just([(0, rows)])
+    cuts = st.sets(st.integers(1, rows - 1), min_size=min_parts - 1, max_size=most - 1)
+    return cuts.map(lambda chosen: list(pairwise([0, *sorted(chosen), rows])))
+
+
+# --- Layouts ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a tensor sits in memory, as Python: ``store_source`` makes ``{var}_storage`` from
+    the values in ``{var}``, ``view_source`` makes ``{var}`` a view of it. The same statements
+    build the test's tensors and the reproducer's."""
+
+    name: str
+    store_source: str
+    view_source: str
+    #: True when every row reads the same stored row (stride 0).
+    shared_rows: bool = False
+
+    def store(self, values: torch.Tensor) -> torch.Tensor:
+        return _run_layout(self.store_source, {"x": values})["x_storage"]
+
+    def view(self, storage: torch.Tensor) -> torch.Tensor:
+        return _run_layout(self.view_source, {"x_storage": storage})["x"]
+
+
+def _run_layout(source: str, names: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    namespace: dict[str, Any] = {"torch": torch, **names}
+    exec(source.format(var="x"), namespace)
+    return namespace
+
+
+_NAN = "float('nan')"
+CONTIGUOUS = Layout("contiguous", "{var}_storage = {var}", "{var} = {var}_storage")
+
+
+def logit_layouts(*, rows: int) -> dict[str, Layout]:
+    """Every way the suite lays out logits (rows, C) besides contiguously; the entries a view
+    skips hold NaN, so a kernel that assumes contiguous rows reads them and fails loudly."""
+    return {
+        "transposed": Layout(
+            "transposed", "{var}_storage = {var}.t().contiguous()", "{var} = {var}_storage.t()"
+        ),
+        "sliced": Layout(
+            "sliced (every other column)",
+            f"{{var}}_storage = torch.full(({{var}}.shape[0], 2 * {{var}}.shape[1]), {_NAN}, "
+            "dtype={var}.dtype)\n{var}_storage[:, ::2] = {var}",
+            "{var} = {var}_storage[:, ::2]",
+        ),
+        "offset": Layout(
+            "offset (a window of a larger tensor)",
+            f"{{var}}_storage = torch.full(({{var}}.shape[0] + 1, {{var}}.shape[1] + 3), {_NAN}, "
+            "dtype={var}.dtype)\n{var}_storage[1:, 2:-1] = {var}",
+            "{var} = {var}_storage[1:, 2:-1]",
+        ),
+        "strided rows": Layout(
+            "strided rows (every other row)",
+            f"{{var}}_storage = torch.full((2 * {{var}}.shape[0], {{var}}.shape[1]), {_NAN}, "
+            "dtype={var}.dtype)\n{var}_storage[::2] = {var}",
+            "{var} = {var}_storage[::2]",
+        ),
+        "expanded": _expanded(rows),
+    }
+
+
+def target_layouts(*, rows: int, vocab_size: int) -> dict[str, Layout]:
+    """Every way the suite lays out targets (rows,) besides contiguously; skipped entries hold a
+    class that does not exist, so reading one is an error, not a quiet mistake."""
+    missing_class = vocab_size + 7
+    return {
+        "sliced": Layout(
+            "sliced (every other entry)",
+            f"{{var}}_storage = torch.full((2 * {{var}}.shape[0],), {missing_class})\n"
+            "{var}_storage[::2] = {var}",
+            "{var} = {var}_storage[::2]",
+        ),
+        "expanded": _expanded(rows),
+    }
+
+
+def _expanded(rows: int) -> Layout:
+    """One stored row (or target) read by every row: stride 0."""
+    return Layout(
+        "expanded (stride 0)",
+        "{var}_storage = {var}[:1].clone()",
+        f"{{var}} = {{var}}_storage.expand({rows}, *{{var}}_storage.shape[1:])",
+        shared_rows=True,
+    )
+
+
+@st.composite
+def layouts(draw: st.DrawFn, *, rows: int, vocab_size: int) -> tuple[Layout, Layout]:
+    """A layout for the logits (rows, C) and one for the targets, at least one not contiguous."""
+    for_logits = logit_layouts(rows=rows)
+    for_targets = target_layouts(rows=rows, vocab_size=vocab_size)
+    logits_name = draw(st.sampled_from(["contiguous", *for_logits]))
+    target_choices = (
+        ["contiguous", *for_targets] if logits_name != "contiguous" else list(for_targets)
+    )
+    target_name = draw(st.sampled_from(target_choices))
+    return for_logits.get(logits_name, CONTIGUOUS), for_targets.get(target_name, CONTIGUOUS)
+
+
 # --- Batches ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One input to a loss kernel: logits (..., C), targets (...), and the keyword options."""
+    """One input to a loss kernel: logits (..., C), targets (...), and the keyword options.
+
+    The suite's one batch of tensors: every clause draws its input as one, and each tensor in
+    it carries the Python that rebuilds it (:class:`Drawn`). Two other batches are kept apart
+    on purpose: ``properties.ce.problem.Problem`` is what the oracle and the bounds see of a
+    call (float64 values of whatever tensors the kernel was handed: a view, a slice, shifted
+    logits), and ``properties.oracle._batches.Batch`` is plain Python, for the oracle's own
+    tests, which run where torch is not installed.
+    """
 
     logits: Drawn
     target: Drawn

@@ -7,9 +7,8 @@ ragged micro-batches, micro-batch k must weigh n_k/N, n_k its counted tokens.
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import torch
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from properties.ce.calls import (
@@ -17,36 +16,35 @@ from properties.ce.calls import (
     call_expression,
     call_source,
     context,
+    draw_batch,
+    draw_upstream,
     loss_and_gradient,
     loss_of,
+    problem_of,
     reproducer,
 )
 from properties.ce.oracle import oracle_gradient
 from properties.ce.problem import Problem
 from properties.engine.checks import check_close, check_equal
 from properties.engine.clause import Trial, accepts, all_of, clause, differentiable, supports
-from properties.strategies import batch_shapes, batches, upstream_gradients
+from properties.strategies import batch_shapes, splits
 from properties.tolerances import gradient_bound, loss_bound
 
 
 @clause(applies=supports("mean", "sum"))
 def mean_divides_the_sum_by_the_counted_weight(trial: Trial) -> None:
     """L_mean(x, y) = L_sum(x, y) / Σ_{i counted} w_{y_i} (w ≡ 1 without class weights).  [CE-MEAN-COUNTED] tol: loss"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            reductions=("mean",),
-            options=("ignore_index", "label_smoothing", "weight"),
-            ignored=st.sampled_from([0.25, 0.5]),
-        ),
-        label="batch",
+    batch = draw_batch(
+        trial,
+        reductions=("mean",),
+        options=("ignore_index", "label_smoothing", "weight"),
+        ignored=st.sampled_from([0.25, 0.5]),
     )
     keywords = {**batch.keywords(), "reduction": "mean"}
-    problem = Problem.of(batch.x, batch.y, **keywords)
+    problem = problem_of(batch)
     weight_total = float(_counted_weight(problem))
-    if weight_total == 0.0:
-        return
+    # No counted token: neither mean nor quotient is defined (CE-EMPTY-MEAN states that case).
+    assume(weight_total > 0.0)
     mean = loss_of(trial, batch.x, batch.y, keywords)
     total = loss_of(trial, batch.x, batch.y, {**keywords, "reduction": "sum"})
     # Both within their bounds of the exact values; the division by Σw adds nothing in float64.
@@ -78,28 +76,24 @@ def _counted_weight(problem: Problem) -> torch.Tensor:
 @clause(applies=all_of(differentiable, supports("mean")))
 def micro_batch_gradients_accumulate_to_the_full_batch(trial: Trial) -> None:
     """∇L(x, y) = Σ_k (n_k/N)·∇L(x_k, y_k) for ragged micro-batches k holding n_k of the N counted tokens.  [CE-ACCUMULATE] tol: gradient"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            reductions=("mean",),
-            options=("ignore_index", "label_smoothing"),
-            shapes=batch_shapes(min_rows=2, max_logits=4096),
-        ),
-        label="batch",
+    batch = draw_batch(
+        trial,
+        reductions=("mean",),
+        options=("ignore_index", "label_smoothing"),
+        shapes=batch_shapes(min_rows=2, max_logits=4096),
     )
-    rows = batch.x.shape[0]
-    cuts = trial.data.draw(st.sets(st.integers(1, rows - 1), min_size=1, max_size=3), label="cuts")
-    edges = [0, *sorted(cuts), rows]
     keywords = batch.keywords()
-    problem = Problem.of(batch.x, batch.y, **keywords)
+    problem = problem_of(batch)
     total = int(problem.counted.sum())
-    if total == 0:
-        return
+    # No counted token: the full batch's mean is undefined (CE-EMPTY-MEAN states that case).
+    assume(total > 0)
+    parts = trial.data.draw(
+        splits(rows=batch.x.shape[0], min_parts=2, max_parts=4), label="micro-batches"
+    )
     accumulated = torch.zeros_like(problem.logits)
     bound = torch.zeros_like(problem.logits)
     one = torch.tensor(1.0, dtype=batch.x.dtype)
-    for start, stop in pairwise(edges):
+    for start, stop in parts:
         part = problem.but(logits=problem.logits[start:stop], target=problem.target[start:stop])
         counted = int(part.counted.sum())
         if counted == 0:  # its mean is undefined and it contributes nothing
@@ -109,7 +103,6 @@ def micro_batch_gradients_accumulate_to_the_full_batch(trial: Trial) -> None:
         )
         accumulated[start:stop] = counted / total * gradient.double()
         bound[start:stop] = counted / total * gradient_bound(part, one)
-    parts = ", ".join(f"({a}, {b})" for a, b in pairwise(edges))
     expression = call_expression(trial.kernel, keywords, logits="x[a:b]", target="target[a:b]")
     check_close(
         trial,
@@ -121,7 +114,7 @@ def micro_batch_gradients_accumulate_to_the_full_batch(trial: Trial) -> None:
         reproducer=reproducer(
             trial,
             batch.source(),
-            f"parts = [{parts}]",
+            f"parts = {parts!r}",
             f"counts = [int((target[a:b] != {batch.ignore_index}).sum()) for a, b in parts]",
             "x = logits.clone().requires_grad_(True)",
             "for (a, b), n in zip(parts, counts):",
@@ -133,16 +126,12 @@ def micro_batch_gradients_accumulate_to_the_full_batch(trial: Trial) -> None:
 
 @clause(applies=accepts("ignore_index"))
 def a_mean_over_no_counted_token_is_empty(trial: Trial) -> None:
-    """With every target ignored: L_mean = NaN (or 0 where KernelSpec.empty_mean = "zero"), L_sum = 0, L_none = 0, ∇ = 0.  [CE-EMPTY-MEAN] tol: exact"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            options=("label_smoothing", "weight"),
-            require=("ignore_index",),
-            ignored=st.just(1.0),
-        ),
-        label="batch",
+    """L_mean = NaN (or 0 where KernelSpec.empty_mean = "zero"), L_sum = 0, L_none = 0 and ∇L = 0 when every target is ignored.  [CE-EMPTY-MEAN] tol: exact"""
+    batch = draw_batch(
+        trial,
+        options=("label_smoothing", "weight"),
+        require=("ignore_index",),
+        ignored=st.just(1.0),
     )
     keywords = batch.keywords()
     rows = batch.x.shape[0]
@@ -154,10 +143,7 @@ def a_mean_over_no_counted_token_is_empty(trial: Trial) -> None:
         else torch.tensor(empty[batch.reduction], dtype=torch.float64)
     )
     if trial.kernel.spec.differentiable:
-        upstream = trial.data.draw(
-            upstream_gradients(rows=rows if batch.reduction == "none" else None, dtype=trial.dtype),
-            label="grad_output",
-        )
+        upstream = draw_upstream(trial, batch)
         loss, gradient = loss_and_gradient(trial, batch.x, batch.y, keywords, upstream.value)
         check_equal(
             trial,

@@ -11,30 +11,24 @@ import math
 
 import torch
 
-from properties.ce.calls import batch_reproducer, context, loss_of
-from properties.ce.problem import Problem
+from properties.ce.calls import batch_reproducer, context, draw_batch, loss_of, problem_of
 from properties.engine.checks import check_close
 from properties.engine.clause import Trial, clause, supports
-from properties.strategies import LOGITS_PER_EXAMPLE, batch_shapes, batches
+from properties.strategies import LOGITS_PER_EXAMPLE, batch_shapes
 from properties.tolerances import loss_bound
 
 
 @clause(applies=supports("none"))
 def token_loss_lies_between_zero_and_the_logit_gap_plus_log_c(trial: Trial) -> None:
     """0 ≤ ℓ_i ≤ (max_j x_ij − x_{i,y_i}) + log C for every counted token.  [CE-BOUNDS] tol: loss"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            reductions=("none",),
-            options=("ignore_index",),
-            shapes=batch_shapes(max_logits=4 * LOGITS_PER_EXAMPLE),
-        ),
-        label="batch",
+    batch = draw_batch(
+        trial,
+        reductions=("none",),
+        options=("ignore_index",),
+        shapes=batch_shapes(max_logits=4 * LOGITS_PER_EXAMPLE),
     )
-    keywords = batch.keywords()
-    problem = Problem.of(batch.x, batch.y, **keywords)
-    losses = loss_of(trial, batch.x, batch.y, keywords).double()
+    problem = problem_of(batch)
+    losses = loss_of(trial, batch.x, batch.y, batch.keywords()).double()
     x = problem.logits
     safe_target = torch.where(problem.counted, problem.target, 0)
     gap = x.amax(1) - x.gather(1, safe_target[:, None])[:, 0]

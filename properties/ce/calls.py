@@ -1,10 +1,11 @@
-"""Calling a cross-entropy kernel (contract 2), the standard comparisons with the oracle, and
-the reproducers of such calls: what the clauses of properties/ce/ share.
+"""Drawing the inputs of a cross-entropy kernel (contract 2), calling it, the standard
+comparisons with the oracle, and the reproducers of such calls: what the clauses of
+properties/ce/ share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,9 +15,31 @@ from properties.ce.problem import Problem
 from properties.engine.checks import check_close
 from properties.engine.clause import Mismatch, Trial
 from properties.engine.kernel import KernelUnderTest
-from properties.engine.snippet import _kernel_import as kernel_import_lines
-from properties.strategies import Batch, Drawn
+from properties.engine.snippet import program
+from properties.strategies import Batch, Drawn, batches, upstream_gradients
 from properties.tolerances import gradient_bound, loss_bound
+
+# --- Drawing a call ---------------------------------------------------------------------------
+
+
+def draw_batch(trial: Trial, *, dtype: str | None = None, **options: Any) -> Batch:
+    """A batch for the trial's kernel, in the trial's dtype unless ``dtype`` says otherwise;
+    ``options`` go to :func:`properties.strategies.batches`."""
+    strategy = batches(dtype=dtype or trial.dtype, kernel=trial.kernel, **options)
+    return trial.data.draw(strategy, label="batch")
+
+
+def draw_upstream(trial: Trial, batch: Batch) -> Drawn:
+    """The gradient flowing into ``batch``'s loss, in its dtype: a scalar for mean and sum, one
+    value per row for reduction="none"."""
+    rows = batch.x.shape[0] if batch.reduction == "none" else None
+    return trial.data.draw(upstream_gradients(rows=rows, dtype=batch.dtype), label="grad_output")
+
+
+def problem_of(batch: Batch) -> Problem:
+    """What the oracle and the bounds see of a plain call on ``batch``."""
+    return Problem.of(batch.x, batch.y, **batch.keywords())
+
 
 # --- Calling the kernel -----------------------------------------------------------------------
 
@@ -124,22 +147,25 @@ def call_source(
     return f"{result} = {call_expression(kernel, keywords, logits=logits, target=target)}"
 
 
-def reproducer(trial: Trial, setup: str, *calls: str) -> str:
-    """A runnable snippet: imports, the tensors, a move to the device, and the calls."""
-    lines = ["import torch", *kernel_import_lines(trial.kernel), setup]
-    if trial.device != "cpu":
-        lines.append(f'logits, target = logits.to("{trial.device}"), target.to("{trial.device}")')
-    lines.extend(calls)
-    return "\n".join(lines)
+def reproducer(
+    trial: Trial, setup: str, *calls: str, tensors: Sequence[str] = ("logits", "target")
+) -> str:
+    """A runnable snippet: imports, the tensors, their move to the trial's device, the calls."""
+    return program(trial.kernel, [setup], calls, device=trial.device, tensors=tensors)
 
 
 def batch_reproducer(
     trial: Trial, batch: Batch, *, grad_output: Drawn | None = None, expected: str = ""
 ) -> str:
     """The snippet for a plain call (and its backward when ``grad_output`` is given)."""
-    call = call_source(trial.kernel, batch.keywords())
+    keywords = batch.keywords()
+    call = call_source(trial.kernel, keywords)
+    tensors = ["logits", "target"]
+    tensors += [key for key, value in keywords.items() if isinstance(value, torch.Tensor)]
     if grad_output is None:
-        return reproducer(trial, batch.source(), call, f"print(loss)  {expected}".rstrip())
+        return reproducer(
+            trial, batch.source(), call, f"print(loss)  {expected}".rstrip(), tensors=tensors
+        )
     return reproducer(
         trial,
         f"{batch.source()}\n{grad_output.source()}",
@@ -147,6 +173,7 @@ def batch_reproducer(
         call,
         "loss.backward(grad_output)",
         f"print(logits.grad)  {expected}".rstrip(),
+        tensors=[*tensors, "grad_output"],
     )
 
 
@@ -159,10 +186,9 @@ def context(batch: Batch, trial: Trial) -> str:
 
 def expect_oracle_loss(trial: Trial, batch: Batch) -> None:
     """The kernel's loss on ``batch`` is within the loss bound of the oracle's."""
-    keywords = batch.keywords()
-    problem = Problem.of(batch.x, batch.y, **keywords)
+    problem = problem_of(batch)
     expected = expected_loss(trial, problem)
-    actual = loss_of(trial, batch.x, batch.y, keywords)
+    actual = loss_of(trial, batch.x, batch.y, batch.keywords())
     check_close(
         trial,
         quantity="loss",
@@ -176,10 +202,9 @@ def expect_oracle_loss(trial: Trial, batch: Batch) -> None:
 
 def expect_oracle_gradient(trial: Trial, batch: Batch, upstream: Drawn) -> None:
     """The kernel's loss and ∂(loss·grad_output)/∂logits are within their bounds of the oracle's."""
-    keywords = batch.keywords()
-    problem = Problem.of(batch.x, batch.y, **keywords)
+    problem = problem_of(batch)
     grad_output = upstream.value
-    loss, gradient = loss_and_gradient(trial, batch.x, batch.y, keywords, grad_output)
+    loss, gradient = loss_and_gradient(trial, batch.x, batch.y, batch.keywords(), grad_output)
     expected = expected_loss(trial, problem)
     where = context(batch, trial)
     check_close(

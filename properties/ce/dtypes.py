@@ -11,12 +11,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from properties.ce.calls import batch_reproducer, context, expected_loss, loss_and_gradient, loss_of
+from properties.ce.calls import (
+    batch_reproducer,
+    context,
+    draw_batch,
+    draw_upstream,
+    expected_loss,
+    loss_and_gradient,
+    loss_of,
+    problem_of,
+)
 from properties.ce.oracle import oracle_gradient
-from properties.ce.problem import Problem
 from properties.engine.checks import check_close
 from properties.engine.clause import Trial, clause
-from properties.strategies import DTYPES, Drawn, batch_shapes, batches, upstream_gradients
+from properties.strategies import DTYPES, Drawn, batch_shapes
 from properties.tolerances import gradient_bound, loss_bound, storage_holds_the_row_sums
 
 #: Values of a float16 draw that bfloat16 also holds exactly (others become 0, exact in both).
@@ -41,26 +49,21 @@ def _dtypes_to_check(trial: Trial) -> tuple[str, ...]:
 
 @clause()
 def every_dtype_meets_its_bound_on_shared_inputs(trial: Trial) -> None:
-    """For x, w exact in bfloat16 and float16: |L_d(x) − L(x)| ≤ bound_d and |∇L_d − ∇L| ≤ bound_d for d = float32, bfloat16, float16.  [CE-DTYPES] tol: loss"""
-    drawn = trial.data.draw(
-        batches(
-            dtype="float16",
-            kernel=trial.kernel,
-            options=("ignore_index", "label_smoothing", "weight"),
-            shapes=batch_shapes(max_logits=2048),
-        ),
-        label="batch",
+    """|L_d(x) − L(x)| ≤ bound_d and |∇L_d − ∇L| ≤ bound_d for d = float32, bfloat16, float16, on x and w exact in bfloat16 and float16.  [CE-DTYPES] tol: loss"""
+    # Drawn in float16, whose range is the narrower, so every value fits both (_in_shared_values).
+    drawn = draw_batch(
+        trial,
+        dtype="float16",
+        options=("ignore_index", "label_smoothing", "weight"),
+        shapes=batch_shapes(max_logits=2048),
     )
     shared = replace(
         drawn,
         logits=_in_shared_values(drawn.logits),
         weight=None if drawn.weight is None else _in_shared_values(drawn.weight),
     )
-    rows = shared.x.shape[0] if shared.reduction == "none" else None
-    upstream = _in_shared_values(
-        trial.data.draw(upstream_gradients(rows=rows, dtype="float16"), label="grad_output")
-    )
-    exact = Problem.of(shared.x, shared.y, **shared.keywords())
+    upstream = _in_shared_values(draw_upstream(trial, drawn))
+    exact = problem_of(shared)
     exact_gradient = None
     for dtype in _dtypes_to_check(trial):
         batch = replace(

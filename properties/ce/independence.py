@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from properties.ce.calls import call_source, context, loss_of, reproducer
-from properties.ce.problem import Problem
+from properties.ce.calls import call_source, context, draw_batch, loss_of, problem_of, reproducer
 from properties.engine.checks import check_close
 from properties.engine.clause import Trial, clause, supports
-from properties.strategies import batches, logits, row_masks
+from properties.strategies import logits, row_masks
 from properties.tolerances import loss_bound
 
 
 @clause(applies=supports("none"))
 def a_rows_loss_does_not_depend_on_other_rows(trial: Trial) -> None:
     """L_none(x', y)[i] = L_none(x, y)[i] for every row i that x' shares with x.  [CE-ROW-INDEPENDENT] tol: loss"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            reductions=("none",),
-            options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap"),
-        ),
-        label="batch",
+    batch = draw_batch(
+        trial,
+        reductions=("none",),
+        options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap"),
     )
     rows, vocab = batch.x.shape
     others = trial.data.draw(
@@ -36,7 +31,7 @@ def a_rows_loss_does_not_depend_on_other_rows(trial: Trial) -> None:
     together = loss_of(trial, mixed, batch.y, keywords)
     keep = kept.value.to(alone.device)
     # Both are within the row's bound of its one exact loss, so within twice it of each other.
-    bound = 2 * loss_bound(Problem.of(batch.x, batch.y, **keywords))[kept.value]
+    bound = 2 * loss_bound(problem_of(batch))[kept.value]
     check_close(
         trial,
         quantity="loss of a shared row, among other rows",

@@ -6,25 +6,19 @@ subtracting the row's maximum overflows once the shift is large enough.
 
 from __future__ import annotations
 
-from properties.ce.calls import call_source, context, expected_loss, loss_of, reproducer
+from properties.ce.calls import call_source, context, draw_batch, expected_loss, loss_of, reproducer
 from properties.ce.problem import Problem
 from properties.engine.checks import check_close
 from properties.engine.clause import Trial, clause
-from properties.strategies import LARGEST_CLASS_WEIGHT, Batch, batch_shapes, batches, shifted_logits
+from properties.strategies import LARGEST_CLASS_WEIGHT, Batch, batch_shapes, shifted_logits
 from properties.tolerances import loss_bound
 
 
 @clause()
 def loss_is_invariant_under_a_shift(trial: Trial) -> None:
     """L(x + c·1, y) = L(x, y) for every scalar c.  [CE-SHIFT] tol: loss"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            options=("ignore_index", "label_smoothing", "weight"),
-            shapes=batch_shapes(),
-        ),
-        label="batch",
+    batch = draw_batch(
+        trial, options=("ignore_index", "label_smoothing", "weight"), shapes=batch_shapes()
     )
     rows, vocab = batch.x.shape
     smoothing = batch.options.get("label_smoothing", 0.0) > 0.0

@@ -11,24 +11,25 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from properties.ce.calls import batch_reproducer, context, expect_oracle_loss, loss_and_gradient
+from properties.ce.calls import (
+    batch_reproducer,
+    context,
+    draw_batch,
+    draw_upstream,
+    expect_oracle_loss,
+    loss_and_gradient,
+)
 from properties.engine.checks import check_equal
 from properties.engine.clause import Trial, clause, differentiable, supports
-from properties.strategies import Batch, batch_shapes, batches, row_masks, upstream_gradients
-
-_SOME_MASKED = st.sampled_from([0.5, 0.9, 1.0])
+from properties.strategies import Batch, batch_shapes, masked_fractions, row_masks
 
 
 def _masked_batch(trial: Trial) -> Batch:
-    return trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            options=("ignore_index", "weight", "z_loss", "softcap"),
-            masked=_SOME_MASKED,
-            shapes=batch_shapes(min_vocab=2),
-        ),
-        label="batch",
+    return draw_batch(
+        trial,
+        options=("ignore_index", "weight", "z_loss", "softcap"),
+        masked=masked_fractions(always=True),
+        shapes=batch_shapes(min_vocab=2),
     )
 
 
@@ -41,20 +42,13 @@ def masked_classes_drop_out_of_the_softmax(trial: Trial) -> None:
 @clause(applies=differentiable)
 def masked_classes_get_exactly_zero_gradient(trial: Trial) -> None:
     """∂L/∂x_ij = 0 exactly (not NaN) where x_ij = −inf, with no soft cap.  [CE-MASKED-GRAD] tol: exact"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            options=("ignore_index", "weight", "z_loss"),
-            masked=_SOME_MASKED,
-            shapes=batch_shapes(min_vocab=2),
-        ),
-        label="batch",
+    batch = draw_batch(
+        trial,
+        options=("ignore_index", "weight", "z_loss"),
+        masked=masked_fractions(always=True),
+        shapes=batch_shapes(min_vocab=2),
     )
-    rows = batch.x.shape[0] if batch.reduction == "none" else None
-    upstream = trial.data.draw(
-        upstream_gradients(rows=rows, dtype=trial.dtype), label="grad_output"
-    )
+    upstream = draw_upstream(trial, batch)
     _, gradient = loss_and_gradient(trial, batch.x, batch.y, batch.keywords(), upstream.value)
     masked = batch.x == -math.inf
     check_equal(
@@ -71,16 +65,12 @@ def masked_classes_get_exactly_zero_gradient(trial: Trial) -> None:
 @clause(applies=supports("none"))
 def a_target_on_a_masked_class_has_infinite_loss(trial: Trial) -> None:
     """ℓ_i = +inf when x_{i,y_i} = −inf (p(y_i) = 0), and every other token's loss is unchanged.  [CE-MASKED-TARGET] tol: loss"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            reductions=("none",),
-            options=("ignore_index", "weight"),
-            masked=st.just(0.0),  # every row keeps a finite logit besides its target
-            shapes=batch_shapes(min_vocab=2),
-        ),
-        label="batch",
+    batch = draw_batch(
+        trial,
+        reductions=("none",),
+        options=("ignore_index", "weight"),
+        masked=st.just(0.0),  # every row keeps a finite logit besides its target
+        shapes=batch_shapes(min_vocab=2),
     )
     rows, vocab = batch.x.shape
     sunk = trial.data.draw(row_masks(rows=rows, name="sunk"), label="rows whose target is masked")

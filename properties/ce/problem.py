@@ -7,16 +7,24 @@ from typing import Any
 
 import torch
 
+from properties.strategies import DEFAULT_IGNORE_INDEX
+
 
 @dataclass(frozen=True)
 class Problem:
-    """The exact inputs of one kernel call (logits as the kernel saw them), and its options."""
+    """The exact inputs of one kernel call (logits as the kernel saw them), and its options.
+
+    Not a second :class:`properties.strategies.Batch`: a batch is what was drawn, in the dtype
+    under test and with the Python that rebuilds it; a problem is what the oracle and the
+    bounds take, float64 values of whatever a kernel was handed (a drawn batch, or a view, a
+    slice or a shift of one), with the dtype it computed in as a name.
+    """
 
     logits: torch.Tensor  # (N, C) float64, exactly the rounded values the kernel was given
     target: torch.Tensor  # (N,) int64
     dtype: str  # the dtype the kernel computed in: "float32" | "bfloat16" | "float16"
     reduction: str = "mean"
-    ignore_index: int = -100
+    ignore_index: int = DEFAULT_IGNORE_INDEX
     label_smoothing: float = 0.0
     weight: torch.Tensor | None = None  # (C,) float64
     z_loss: float = 0.0

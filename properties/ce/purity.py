@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import torch
 
-from properties.ce.calls import batch_reproducer, context
+from properties.ce.calls import batch_reproducer, context, draw_batch, draw_upstream
 from properties.engine.checks import check_equal
 from properties.engine.clause import Mismatch, Trial, clause
-from properties.strategies import batches, upstream_gradients
 
 
 @clause()
 def inputs_are_left_unchanged(trial: Trial) -> None:
     """After L = kernel(x, y, weight=w) and L.backward(g): x, y, w and g are unchanged (x may change only where KernelSpec.writes_input).  [CE-PURE] tol: exact"""
-    batch = trial.data.draw(
-        batches(
-            dtype=trial.dtype,
-            kernel=trial.kernel,
-            options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap"),
-        ),
-        label="batch",
+    batch = draw_batch(
+        trial, options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap")
     )
     inputs = {"logits": batch.x, "target": batch.y}
     if batch.weight is not None:
@@ -39,13 +33,11 @@ def inputs_are_left_unchanged(trial: Trial) -> None:
     loss = trial.kernel(logits, handed["target"], **keywords)
     upstream = None
     if differentiable:
-        rows = batch.x.shape[0] if batch.reduction == "none" else None
-        upstream = trial.data.draw(
-            upstream_gradients(rows=rows, dtype=trial.dtype), label="grad_output"
-        )
+        upstream = draw_upstream(trial, batch)
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
             raise Mismatch(
-                "the loss does not require grad: the kernel is not differentiable", reproducer=""
+                "the loss does not require grad: the kernel is not differentiable",
+                reproducer=batch_reproducer(trial, batch, grad_output=upstream),
             )
         # A copy of its own, so that a backward writing into it changes nothing else here.
         handed["grad_output"] = (

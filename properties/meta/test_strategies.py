@@ -15,12 +15,22 @@ from hypothesis import HealthCheck, Phase, find, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from properties import strategies  # noqa: E402
-from properties.catalogue import CLAUSES, SECTIONS  # noqa: E402
+from properties.catalogue import CLAUSES, CROSS_ENTROPY_SECTIONS  # noqa: E402
 from properties.ce.oracle import oracle_gradient, oracle_loss  # noqa: E402
 from properties.ce.problem import Problem  # noqa: E402
-from properties.strategies import Batch, batches, long_sequences, shifted_logits  # noqa: E402
+from properties.engine.clause import Trial, clause  # noqa: E402
+from properties.engine.dtypes import largest_finite, smallest_normal, torch_dtype  # noqa: E402
+from properties.strategies import (  # noqa: E402
+    Batch,
+    batches,
+    logit_layouts,
+    long_sequences,
+    shifted_logits,
+    splits,
+    target_layouts,
+)
 from properties.tolerances import (  # noqa: E402
-    TOLERANCES,
+    FLOAT64_UNDERFLOW_NLL,
     UNIT_ROUNDOFF,
     accumulation_error,
     gamma,
@@ -113,7 +123,7 @@ def test_reaches_a_vocabulary_of_one() -> None:
 
 
 def test_reaches_p_target_below_the_smallest_normal() -> None:
-    threshold = -math.log(strategies.smallest_normal("float32"))
+    threshold = -math.log(smallest_normal("float32"))
 
     def underflows(b: Batch) -> bool:
         losses = torch.nn.functional.cross_entropy(
@@ -153,7 +163,7 @@ def test_reaches_one_dominant_logit() -> None:
 
 
 def test_reaches_logits_near_the_dtype_limit() -> None:
-    largest = strategies.largest_finite("bfloat16")
+    largest = largest_finite("bfloat16")
     finds(BFLOAT16, lambda b: bool((b.x.double().abs() > largest / 1e3).any()))
 
 
@@ -193,7 +203,38 @@ def test_shifted_logits_differ_by_exactly_the_shift(data: st.DataObject) -> None
 def test_long_sequences_underflow_float64() -> None:
     sequence = find(long_sequences(dtype="float32"), lambda b: True, settings=SEARCH)
     negative_logprob = float(oracle_loss(Problem.of(sequence.x, sequence.y, reduction="sum")))
-    assert negative_logprob > 1074 * math.log(2)  # Π p < float64's smallest subnormal
+    assert negative_logprob > FLOAT64_UNDERFLOW_NLL  # Π p < float64's smallest subnormal
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.data())
+def test_splits_cut_the_rows_in_order_into_nonempty_parts(data: st.DataObject) -> None:
+    rows = data.draw(st.integers(1, 40), label="rows")
+    min_parts = data.draw(st.integers(1, rows), label="min_parts")
+    max_parts = data.draw(st.none() | st.integers(min_parts, 2 * rows), label="max_parts")
+    parts = data.draw(splits(rows=rows, min_parts=min_parts, max_parts=max_parts), label="parts")
+    starts = [start for start, _ in parts]
+    stops = [stop for _, stop in parts]
+    assert starts == [0, *stops[:-1]] and stops[-1] == rows, parts
+    assert all(start < stop for start, stop in parts), parts
+    assert min_parts <= len(parts) <= min(rows, max_parts or rows), parts
+
+
+def test_splits_reach_ragged_parts() -> None:
+    """A one-row part next to a long one: where a mean of part means goes wrong most."""
+
+    def ragged(parts: list[tuple[int, int]]) -> bool:
+        sizes = [stop - start for start, stop in parts]
+        return min(sizes) == 1 and max(sizes) > 8
+
+    find(splits(rows=32, min_parts=2, max_parts=4), ragged, settings=SEARCH)
+
+
+def test_splits_refuse_an_impossible_number_of_parts() -> None:
+    with pytest.raises(ValueError, match="cannot cut"):
+        splits(rows=3, min_parts=4)
+    with pytest.raises(ValueError, match="cannot cut"):
+        splits(rows=3, min_parts=2, max_parts=1)
 
 
 # --- Tolerances ---------------------------------------------------------------------------------
@@ -207,7 +248,7 @@ def test_bounds_are_positive_and_finite() -> None:
     x = torch.randn(6, 9, generator=torch.Generator().manual_seed(0))
     for dtype in UNIT_ROUNDOFF:
         for reduction in ("mean", "sum", "none"):
-            problem = problem_of(x.to(strategies.torch_dtype(dtype)), [1] * 6, reduction=reduction)
+            problem = problem_of(x.to(torch_dtype(dtype)), [1] * 6, reduction=reduction)
             bound = loss_bound(problem)
             assert bool((bound > 0).all() & bound.isfinite().all())
             gradient = gradient_bound(problem, torch.tensor(1.0))
@@ -243,15 +284,50 @@ def test_accumulation_error_grows_with_the_number_of_terms() -> None:
     assert gamma(300, 2.0**-8) == math.inf
 
 
-def test_every_clause_names_a_known_tolerance() -> None:
-    for clause in CLAUSES:
-        assert clause.tolerance is None or clause.tolerance in TOLERANCES, clause.id
+def _test_stating(docstring: str | None) -> Callable[[Trial], None]:
+    """A clause test that does nothing, with the given docstring."""
+
+    def stated(trial: Trial) -> None:
+        pass
+
+    stated.__doc__ = docstring
+    return stated
+
+
+def test_the_clause_decorator_reads_equation_id_and_tolerance() -> None:
+    declared = clause()(_test_stating("L(x + c·1, y)\n    = L(x, y).  [CE-META] tol: loss"))
+    assert (declared.id, declared.equation, declared.tolerance) == (
+        "CE-META",
+        "L(x + c·1, y) = L(x, y).",
+        "loss",
+    )
+    assert clause()(_test_stating("∇L = 0.  [CE-META] tol: exact")).tolerance is None
+
+
+@pytest.mark.parametrize(
+    ("docstring", "complaint"),
+    [
+        (None, "docstring must open with"),
+        ("L(x + c·1, y) = L(x, y), but no clause ID.", "docstring must open with"),
+        ("L(x + c·1, y) = L(x, y).  [CE-META]", "docstring must open with"),
+        ("[CE-META] tol: loss", "docstring must open with"),
+        ("L(x + c·1, y) = L(x, y).  [CE-META] tol: no_such_bound", "unknown tolerance key"),
+    ],
+    ids=["none", "no ID", "no tolerance", "no equation", "unknown tolerance"],
+)
+def test_the_clause_decorator_rejects_a_malformed_docstring(
+    docstring: str | None, complaint: str
+) -> None:
+    """Every clause of the catalogue was accepted at import; this shows the decorator would have
+    refused one without an equation, an ID or a known tolerance key."""
+    with pytest.raises(ValueError, match=complaint):
+        clause()(_test_stating(docstring))
 
 
 def test_clause_ids_are_unique_and_every_section_lists_its_clauses() -> None:
     ids = [clause.id for clause in CLAUSES]
     assert len(ids) == len(set(ids))
-    for section in SECTIONS:
+    for section in CROSS_ENTROPY_SECTIONS:
         declared = {v for v in vars(section).values() if type(v).__name__ == "Clause"}
         assert declared == set(section.CLAUSES), section.__name__
 
@@ -308,15 +384,13 @@ def test_a_running_bfloat16_sum_exceeds_the_mean_bound_where_pytorch_does_not() 
 
 
 def test_every_layout_shows_the_values_through_a_non_contiguous_view() -> None:
-    from properties.layout import logit_layouts, target_layouts
-
     logits = torch.randn(5, 7, generator=torch.Generator().manual_seed(8))
     target = torch.tensor([3, 1, 4, 1, 5])
     for layout in logit_layouts(rows=5).values():
         shown = layout.view(layout.store(logits))
         values = logits[:1].expand(5, -1) if layout.shared_rows else logits
         assert torch.equal(shown, values) and not shown.is_contiguous(), layout.name
-    for layout in target_layouts(rows=5, vocab=7).values():
+    for layout in target_layouts(rows=5, vocab_size=7).values():
         shown = layout.view(layout.store(target))
         values = target[:1].expand(5) if layout.shared_rows else target
         assert torch.equal(shown, values) and not shown.is_contiguous(), layout.name

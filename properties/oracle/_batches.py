@@ -31,7 +31,13 @@ MASKED = -math.inf
 
 @dataclass(frozen=True)
 class Batch:
-    """N rows of C logits, their targets, and the ignore_index that marks uncounted rows."""
+    """N rows of C logits, their targets, and the ignore_index that marks uncounted rows.
+
+    Plain Python, not the suite's :class:`properties.strategies.Batch` (torch tensors with
+    reproducers): the oracle takes lists of floats, and these tests run in the tox env
+    ``oracle-standalone``, where neither torch nor numpy is installed, so this module may not
+    import anything that imports torch.
+    """
 
     logits: list[list[float]]
     targets: list[int]
