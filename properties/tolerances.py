@@ -49,19 +49,19 @@ from dataclasses import dataclass
 import torch
 
 from properties.ce.problem import Problem
-from properties.strategies import largest_finite
+from properties.engine.defaults import DTYPES
+from properties.engine.dtypes import largest_finite, smallest_normal, unit_roundoff
 
 #: Unit roundoff u = 2^-p (p = significand bits with the implicit one): a correctly rounded
-#: result lies within a relative u of the exact value.
-UNIT_ROUNDOFF: Mapping[str, float] = {"float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+#: result lies within a relative u of the exact value (2^-24, 2^-8, 2^-11; from torch.finfo).
+UNIT_ROUNDOFF: Mapping[str, float] = {dtype: unit_roundoff(dtype) for dtype in DTYPES}
 #: The working precision a correct kernel computes a row in: float32.
 WORKING = UNIT_ROUNDOFF["float32"]
 #: Smallest normal numbers: below them a kernel may flush to zero (GPUs do), an absolute error.
-SMALLEST_NORMAL: Mapping[str, float] = {
-    "float32": 2.0**-126,
-    "bfloat16": 2.0**-126,
-    "float16": 2.0**-14,
-}
+SMALLEST_NORMAL: Mapping[str, float] = {dtype: smallest_normal(dtype) for dtype in DTYPES}
+#: −log of float64's smallest subnormal 2^-1074 (1074·log 2 ≈ 744.4): a sequence whose negative
+#: log-probability exceeds it has a probability Π p that underflows float64 to 0.
+FLOAT64_UNDERFLOW_NLL = -math.log(math.ulp(0.0))
 #: PyTorch's CPU nll_loss sums in cascades of 16-term running sums (aten LossNLL.cpp).
 _CASCADE_WIDTH = 16
 
@@ -262,6 +262,20 @@ def loss_bound(problem: Problem) -> torch.Tensor:
     )
 
 
+def perplexity_bound(problem: Problem) -> torch.Tensor:
+    """() bound on the error of exp(L_mean), the perplexity, computed as exp of the mean loss.
+
+    A mean within δ = :func:`loss_bound` of the exact L moves exp by a factor e^{±δ}, at most
+    exp(L)·(e^δ − 1) away; exp itself and the rounding of its result add two more roundings in
+    the storage dtype (2·u_s·exp(L)). exp(L) is taken in float64 from the token losses, ample
+    for a magnitude."""
+    if problem.reduction != "mean":
+        raise ValueError(f"perplexity is exp of the mean loss, not of {problem.reduction!r}")
+    perplexity = torch.exp(token_losses(problem).sum() / _target_weights(problem).sum())
+    storage = storage_roundoff(problem.dtype)
+    return perplexity * torch.expm1(loss_bound(problem)) + 2 * storage * perplexity
+
+
 def _row_scale(problem: Problem, grad_output: torch.Tensor) -> torch.Tensor:
     """(N,) the factor a_i multiplying row i's gradient: upstream gradient, over Σw for a mean."""
     go = grad_output.double()
@@ -374,8 +388,8 @@ FLOAT64_ROUNDOFF = 2.0**-53
 #: So reordering moves an entry by at most 2^29·u = 2^-24 of the largest |entry| of ∂L/∂θ.
 #: The mean-of-means bug scales micro-batch k's contribution by N/(K·N_k) instead of 1, an
 #: error of the order of the gradient itself whenever the micro-batches count different numbers
-#: of tokens; test_training's test_mean_of_micro_batch_means_is_caught checks that the bound
-#: catches it.
+#: of tokens; properties/training/test_step.py's test_mean_of_micro_batch_means_is_caught checks
+#: that the bound catches it.
 REORDERING_EXPONENT = 29
 
 
@@ -386,9 +400,33 @@ def reordered_float64_bound(gradients: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.tensor(bound, dtype=torch.float64)
 
 
+def reordered_float64_loss_bound(loss: torch.Tensor) -> torch.Tensor:
+    """() bound on |Δ| of the float64 mean loss between two summation orders, 2^-24·|L|.
+
+    Each token's loss lse − z_y ends the forward half of the same chains of roundings that
+    REORDERING_EXPONENT counts for ∂L/∂θ, and the mean adds up non-negative terms (no
+    cancellation beyond the 2^8 allowed there), so the gradients' relative bound covers it.
+    """
+    return reordered_float64_bound([loss])
+
+
+# --- The training command's summary ------------------------------------------------------------
+
+
+def bits_per_byte_bound(bits: float) -> float:
+    """Bound on |log2(fl(exp(L))) − fl(L / fl(ln 2))|: bits per byte two float64 ways, in bits.
+
+    libm's exp and log2 are within 2 ulps (≤ 4u relative; glibc's documented worst cases are
+    smaller): exp's error becomes 4u/ln 2 < 6u absolute after log2, log2's own 4u·|B|; fl(ln 2)
+    and the division round once each, 2u·|B|. A wrong unit (nats as bits) is off by 0.31·|B|.
+    """
+    return (6 * abs(bits) + 6) * FLOAT64_ROUNDOFF
+
+
 #: Every tolerance by the key a clause's docstring names after ``tol:``.
 TOLERANCES: Mapping[str, Callable[..., torch.Tensor]] = {
     "loss": loss_bound,
+    "perplexity": perplexity_bound,
     "gradient": gradient_bound,
     "gradient_row_sum": gradient_row_sum_bound,
     "reordered_float64": reordered_float64_bound,

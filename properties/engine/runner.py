@@ -95,6 +95,7 @@ def run_clause(
     """
     from hypothesis import given, target
     from hypothesis import strategies as st
+    from hypothesis.errors import UnsatisfiedAssumption
 
     start = time.perf_counter()
     if clause.contract != kernel.contract.name:
@@ -129,6 +130,8 @@ def run_clause(
         except ClauseViolation:
             failed = True
             raise
+        except UnsatisfiedAssumption:
+            raise  # assume() or the oracle's reject(): not an example, and not a failure
         except Exception as exc:
             failed = True
             if recorder.raised_in_kernel(exc):

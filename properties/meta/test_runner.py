@@ -17,6 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from hypothesis import assume  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from properties.engine.clause import Clause, ClauseViolation, Trial  # noqa: E402
@@ -69,6 +70,20 @@ def test_a_clause_that_holds_reports_its_examples_and_worst_ratio() -> None:
     assert result.status == "holds"
     assert result.examples > 1
     assert result.worst_ratio == 0.25
+
+
+def test_rejected_examples_are_neither_counted_nor_failures() -> None:
+    valid = 0
+
+    def rejects_odd_draws(trial: Trial) -> None:
+        nonlocal valid
+        assume(trial.data.draw(st.integers(0, 10**6), label="number") % 2 == 0)
+        valid += 1
+
+    result = run(rejects_odd_draws)
+    assert result.status == "holds"
+    assert result.examples == valid > 1
+    assert result.shrinking_cut_at is None
 
 
 def test_a_violation_fails_with_the_shrunk_example() -> None:
