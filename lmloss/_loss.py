@@ -12,9 +12,19 @@ Half precision: every loss is computed in float32 (float64 stays float64) and th
 rounded once to the logits' dtype, as ``F.cross_entropy`` returns it. Upcasting first makes
 bfloat16 and float16 correct on every PyTorch build (CPU kernels for half types were missing
 in older releases, and a float16 sum of per-token losses overflows at 65504 where the mean does
-not) at the price of one float32 copy of the logits. Under ``torch.autocast`` the result stays
-float32, as autocast returns it for ``F.cross_entropy``. The gradient is computed in float32 and
-rounded once to the logits' dtype.
+not). Half-precision logits are upcast a chunk of rows at a time (:data:`CHUNK_LOGITS` logits
+per chunk), never all at once: without autograd (evaluation, ``torch.no_grad``) no float32
+copy of the whole (N, C) exists; with autograd, PyTorch's log_softmax keeps its float32 output
+for the backward pass, so the float32 log-probabilities of every row are held until then (one
+(N, C) float32 tensor in the forward pass, not the two an upcast of the whole batch makes).
+
+Under ``torch.autocast`` the loss is computed exactly the same way, with autocast switched off
+for the logits' device, and the result stays float32, as autocast returns it for
+``F.cross_entropy``. Leaving the loss to autocast is not enough: on CUDA,
+``F.cross_entropy`` of bfloat16 logits rounds every log-probability to bfloat16 before its float32
+``nll_loss`` (``cross_entropy_loss`` has no CUDA autocast rule, and it calls ``log_softmax`` with
+the input's dtype, which autocast leaves alone), so its float32 result is about as coarse as
+bfloat16. The gradient is computed in float32 and rounded once to the logits' dtype.
 
 Bad shapes and dtypes raise ``ValueError`` / ``TypeError`` naming the argument and what was
 expected. Target values are not range-checked here (that would cost a device synchronisation);
@@ -23,11 +33,18 @@ PyTorch raises on CPU for a target outside [0, C) that is not ``ignore_index``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 REDUCTIONS = ("mean", "sum", "none")
+#: Logits per chunk when half-precision logits are upcast to float32: 2^24 logits, 64 MiB of
+#: float32 (512 rows of a 32,768-class vocabulary). A batch of 8 sequences of 2,048 tokens over
+#: 32,000 classes is 32 chunks: the float32 copy is 1/32 of what it would be, for 32 calls.
+CHUNK_LOGITS = 2**24
 
 
 def cross_entropy(
@@ -49,19 +66,17 @@ def cross_entropy(
     _check_options(ignore_index, reduction, label_smoothing)
     _check_flat_logits(logits)
     _check_flat_target(target, logits)
-    compute_dtype = _compute_dtype(logits)
     if weight is not None:
         _check_weight(weight, logits)
-        weight = weight.to(compute_dtype)
-    loss = F.cross_entropy(
-        logits.to(compute_dtype),
-        target.long(),
+    loss = _float_cross_entropy(
+        logits,
+        target,
         weight=weight,
         ignore_index=ignore_index,
         reduction=reduction,
         label_smoothing=label_smoothing,
     )
-    if torch.is_autocast_enabled(logits.device.type):
+    if _autocast_enabled(logits.device.type):
         return loss
     return loss.to(logits.dtype)
 
@@ -103,9 +118,9 @@ def sequence_logprob(logits: Tensor, targets: Tensor, *, ignore_index: int = -10
     _check_sequence_logits(logits)
     _check_sequence_targets(targets, logits)
     B, T, C = logits.shape
-    token_nll = F.cross_entropy(
-        logits.reshape(B * T, C).to(_compute_dtype(logits)),
-        targets.reshape(B * T).long(),
+    token_nll = _float_cross_entropy(
+        logits.reshape(B * T, C),
+        targets.reshape(B * T),
         ignore_index=ignore_index,
         reduction="none",
     )  # (B·T,), zero where ignored
@@ -120,10 +135,8 @@ def perplexity(logits: Tensor, targets: Tensor, *, ignore_index: int = -100) -> 
     _check_sequence_logits(logits)
     _check_sequence_targets(targets, logits)
     B, T, C = logits.shape
-    mean_nll = F.cross_entropy(
-        logits.reshape(B * T, C).to(_compute_dtype(logits)),
-        targets.reshape(B * T).long(),
-        ignore_index=ignore_index,
+    mean_nll = _float_cross_entropy(
+        logits.reshape(B * T, C), targets.reshape(B * T), ignore_index=ignore_index
     )
     return torch.exp(mean_nll)
 
@@ -159,6 +172,84 @@ class LMLoss(nn.Module):
 def _compute_dtype(logits: Tensor) -> torch.dtype:
     """float32 for half types and float32, float64 for float64."""
     return torch.promote_types(logits.dtype, torch.float32)
+
+
+def _float_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``F.cross_entropy`` of (N, C) logits computed in :func:`_compute_dtype`, with autocast off,
+    returned in that dtype.
+
+    Logits already in the compute dtype go to ``F.cross_entropy`` as they are (``.to`` makes no
+    copy). Half-precision logits are upcast :data:`CHUNK_LOGITS` at a time: each chunk of rows
+    gives its per-token losses ("none") or their sum, and a mean is the total over Σ w_y of the
+    counted rows, which is how ``F.cross_entropy`` defines it (label smoothing's term
+    included), so a chunked mean is the same number up to the order of the float32 additions.
+    ``split`` hands the chunks' gradients back through one concatenation.
+    """
+    compute_dtype = _compute_dtype(logits)
+    target = target.long()
+    if weight is not None:
+        weight = weight.to(compute_dtype)
+
+    def loss(x: Tensor, y: Tensor, reduction: str) -> Tensor:
+        return F.cross_entropy(
+            x.to(compute_dtype),
+            y,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+
+    rows = max(1, CHUNK_LOGITS // max(1, logits.shape[1]))
+    with _autocast_off(logits.device.type):
+        if logits.dtype == compute_dtype or logits.shape[0] <= rows:
+            return loss(logits, target, reduction)
+        chunk_reduction = "none" if reduction == "none" else "sum"
+        parts = [
+            loss(x, y, chunk_reduction)
+            for x, y in zip(logits.split(rows), target.split(rows), strict=True)
+        ]
+        if reduction == "none":
+            return torch.cat(parts)
+        total = torch.stack(parts).sum()
+        if reduction == "sum":
+            return total
+        return total / _counted_weight(target, weight, ignore_index, compute_dtype)
+
+
+def _counted_weight(
+    target: Tensor, weight: Tensor | None, ignore_index: int, dtype: torch.dtype
+) -> Tensor:
+    """Σ w_y over the counted rows (their number without class weights): a mean's denominator.
+    0 when no row counts, so that the mean is 0/0 = NaN as ``F.cross_entropy``'s."""
+    counted = target != ignore_index
+    if weight is None:
+        return counted.sum().to(dtype)
+    target_weights = weight[torch.where(counted, target, 0)]
+    return torch.where(counted, target_weights, 0).sum()
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type (False for a type autocast does not know)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+@contextlib.contextmanager
+def _autocast_off(device_type: str) -> Iterator[None]:
+    """Autocast switched off for this device type, where it is on; nothing otherwise."""
+    if not _autocast_enabled(device_type):
+        yield
+        return
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield
 
 
 def _check_options(ignore_index: object, reduction: object, label_smoothing: object) -> None:

@@ -15,6 +15,13 @@ targets of the whole batch, so that gradient accumulation over micro-batches giv
 full batch's gradient even when micro-batches hold different numbers of ignored (padding)
 targets: averaging per-micro-batch means (the bug transformers fixed in 2024) is not possible.
 
+As in the essay, the criterion is called inside the autocast region, on the model's bfloat16
+logits when autocast is on, so the loss is only as exact as the criterion is under autocast.
+The default criterion, :func:`lmloss.cross_entropy`, switches autocast off and computes in
+float32, returning a float32 loss that is float32-accurate on those bfloat16 logits (clause
+CE-AUTOCAST). On CUDA ``torch.nn.functional.cross_entropy`` is not: there it rounds every
+log-probability to bfloat16 before a float32 ``nll_loss``.
+
 Around it: AdamW, gradient clipping, warmup + cosine learning rate, held-out loss / perplexity /
 bits per byte, atomic checkpoints and an exact resume.
 """
@@ -99,7 +106,9 @@ def forward_backward(
 
     The batch is given as micro-batches (of any sizes, with any padding); the gradient and the
     returned loss (detached) are those of the whole batch. Targets equal to ``IGNORE_INDEX``
-    are not counted.
+    are not counted. With ``use_amp`` the model runs under bfloat16 autocast and the criterion
+    is called inside it, as the essay does (see the module docstring for what that asks of the
+    criterion).
     """
     counted = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
     if counted == 0:

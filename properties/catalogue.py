@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from properties.ce import (
+    autocast,
     averaging,
     bounds,
     dtypes,
@@ -38,6 +39,7 @@ CROSS_ENTROPY_SECTIONS = (
     layout,
     purity,
     dtypes,
+    autocast,
     bounds,
 )
 

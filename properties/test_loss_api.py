@@ -9,9 +9,11 @@ what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -20,11 +22,14 @@ from hypothesis import strategies as st
 
 import lmloss
 from lmloss import LMLoss, cross_entropy, lm_loss, perplexity, sequence_logprob
+from lmloss import _loss as loss_module
 from properties.ce.oracle import oracle_gradient, oracle_loss, oracle_sequence_logprob
 from properties.ce.problem import Problem
 from properties.engine.checks import discrepancy
 from properties.strategies import (
     DTYPES,
+    batch_shapes,
+    batches,
     ignore_indices,
     label_smoothings,
     logits,
@@ -212,17 +217,17 @@ def test_sequence_logprob_of_the_essays_sentence() -> None:
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(data=st.data())
 def test_perplexity_is_exp_of_the_mean_nll(dtype_name: str, data: st.DataObject) -> None:
-    """PPL = exp(−(1/N) Σ log p(y_i | x_<i)) over the counted tokens.  [LM-PERPLEXITY] tol: loss
+    """PPL = exp(−(1/N) Σ log p(y_i | x_<i)) over the counted tokens.  [LM-PERPLEXITY] tol: perplexity
 
-    A mean off by δ moves exp by a factor e^δ; exp and the output round twice more (2u).
-    Scales stay below 4 (spreads below 64, the strategies clamp at ±8 standard deviations), so
-    that exp(mean) stays below e^(64 + log C), finite in float32.
+    A mean off by δ moves exp by a factor e^δ; exp and the output round twice more
+    (tolerances.perplexity_bound, in float32: the mean is computed in float32 whatever the
+    logits' dtype). Scales stay below 4 (spreads below 64, the strategies clamp at ±8 standard
+    deviations), so that exp(mean) stays below e^(64 + log C), finite in float32.
     """
     x, y = draw_sequences(data, dtype_name, max_scale=4.0, masked=None, dominance=("nowhere",))
     problem = Problem.of(x, y, reduction="mean").but(dtype="float32")
-    mean = oracle_loss(problem)
-    exact = torch.exp(mean)
-    bound = exact * torch.expm1(TOLERANCES["loss"](problem)) + 2 * 2.0**-24 * exact
+    exact = torch.exp(oracle_loss(problem))
+    bound = TOLERANCES["perplexity"](problem)
     assert_within(
         "perplexity", perplexity(x, y), exact, bound, f"logits {tuple(x.shape)} {dtype_name}"
     )
@@ -248,6 +253,153 @@ def test_float16_mean_stays_finite_where_the_mean_is_representable() -> None:
         TOLERANCES["loss"](problem),
         "float16 mean of 30s",
     )
+
+
+# --- LOSS-AUTOCAST ----------------------------------------------------------------------------
+
+#: Where autocast is checked: the CPU always, CUDA when there is one (pytest -m gpu).
+AUTOCAST_DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ],
+    ),
+]
+#: Rows per chunk when the upcast to float32 is chunked: None leaves CHUNK_LOGITS as it is (one
+#: chunk at these sizes); 1 and 3 force many chunks, ragged at the end.
+CHUNKINGS = [
+    pytest.param(None, id="one-chunk"),
+    pytest.param(1, id="1-row-chunks"),
+    pytest.param(3, id="3-row-chunks"),
+]
+
+
+@contextlib.contextmanager
+def rows_per_chunk(rows: int | None, classes: int) -> Iterator[None]:
+    """lmloss upcasts ``rows`` rows of ``classes`` logits at a time (as it is, for None)."""
+    if rows is None:
+        yield
+        return
+    with mock.patch.object(loss_module, "CHUNK_LOGITS", rows * classes):
+        yield
+
+
+@pytest.mark.parametrize("device", AUTOCAST_DEVICES)
+@pytest.mark.parametrize("chunk_rows", CHUNKINGS)
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(data=st.data())
+def test_autocast_loss_is_float32_accurate_on_bfloat16_logits(
+    device: str, chunk_rows: int | None, data: st.DataObject
+) -> None:
+    """Under torch.autocast(device, bfloat16): CE(x) is float32 and |CE(x) − L(x)| ≤ bound_float32(x) for bfloat16 logits x.  [LOSS-AUTOCAST] tol: loss
+
+    The loss of the bfloat16 values, computed in float32: the oracle sees those values and the
+    bound is float32's (a loss that went through bfloat16 log-probabilities, as PyTorch's does
+    under CUDA autocast, is off by up to 2^-9·|log p| per token and fails it). The gradient,
+    taken outside autocast as a training step does, is rounded once to bfloat16: bfloat16's
+    gradient bound. Every reduction, ignore_index, label smoothing and class weights, in one
+    chunk and in chunks of 1 and 3 rows.
+    """
+    batch = data.draw(
+        batches(
+            dtype="bfloat16", shapes=batch_shapes(max_logits=MAX_SEQUENCES * MAX_LENGTH * MAX_VOCAB)
+        ),
+        label="batch",
+    )
+    keywords = batch.keywords()
+    rows = batch.x.shape[0] if batch.reduction == "none" else None
+    grad_output = data.draw(upstream_gradients(rows=rows, dtype="float32"), label="grad_output")
+    leaf = batch.x.detach().clone().to(device).requires_grad_(True)
+    on_device: dict[str, Any] = {
+        k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in keywords.items()
+    }
+
+    with rows_per_chunk(chunk_rows, batch.vocab_size):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = cross_entropy(leaf, batch.y.to(device), **on_device)
+        loss.backward(grad_output.value.to(device))
+
+    assert loss.dtype == torch.float32, loss.dtype
+    problem = Problem.of(batch.x, batch.y, **keywords)
+    context = (
+        f"{batch.describe()}, under torch.autocast({device!r}, bfloat16), chunks of {chunk_rows}"
+    )
+    assert_within(
+        "the loss",
+        loss.detach().cpu().reshape(-1),
+        oracle_loss(problem).reshape(-1),
+        TOLERANCES["loss"](problem.but(dtype="float32")).reshape(-1),
+        context,
+    )
+    assert leaf.grad is not None and leaf.grad.dtype == torch.bfloat16
+    if problem.counted.any():
+        assert_within(
+            "∂loss/∂logits",
+            leaf.grad.cpu(),
+            oracle_gradient(problem, grad_output.value),
+            TOLERANCES["gradient"](problem, grad_output.value),
+            context,
+        )
+
+
+class CallWatcher:
+    """Stands in for torch.nn.functional inside lmloss._loss and notes, at each cross_entropy
+    call, whether autocast is on for the logits' device, their dtype and their rows."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bool, torch.dtype, int]] = []
+
+    def cross_entropy(self, logits: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        device_type = logits.device.type
+        self.calls.append((torch.is_autocast_enabled(device_type), logits.dtype, logits.shape[0]))
+        return torch.nn.functional.cross_entropy(logits, *args, **kwargs)
+
+
+#: Every entry of the API that computes a loss, called on logits (B, T, C) and targets (B, T).
+LOSS_ENTRIES: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = [
+    ("cross_entropy", lambda x, y: cross_entropy(x.flatten(0, 1), y.flatten())),
+    ("lm_loss", lm_loss),
+    ("lm_loss-none", lambda x, y: lm_loss(x, y, reduction="none")),
+    ("sequence_logprob", sequence_logprob),
+    ("perplexity", perplexity),
+]
+
+
+@pytest.mark.parametrize("entry", [e[1] for e in LOSS_ENTRIES], ids=[e[0] for e in LOSS_ENTRIES])
+def test_autocast_is_switched_off_around_a_float32_loss(
+    entry: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """Inside torch.autocast(bfloat16), every F.cross_entropy call of lmloss runs with autocast off, on float32 logits of at most CHUNK_LOGITS.  [LOSS-AUTOCAST] exact
+
+    On the CPU autocast's own rule for cross_entropy_loss computes in float32 too, so the
+    value cannot tell whether lmloss relies on it; on CUDA relying on it rounds every
+    log-probability to bfloat16. So this watches the calls themselves, on the CPU: each must
+    see autocast off, float32 logits, and at most the 2 rows a chunk is set to here (10 rows in
+    all, every one of them passed on once).
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 7, generator=generator).to(torch.bfloat16)  # B·T = 10 rows, C = 7
+    y = torch.randint(0, 7, (2, 5), generator=generator)
+    watcher = CallWatcher()
+
+    with (
+        mock.patch.object(loss_module, "F", watcher),
+        rows_per_chunk(2, 7),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    ):
+        result = entry(x, y)
+
+    assert result.dtype == torch.float32, result.dtype
+    assert watcher.calls, "lmloss computed the loss without calling F.cross_entropy"
+    for autocast_on, dtype, rows in watcher.calls:
+        assert not autocast_on, f"F.cross_entropy ran under autocast: {watcher.calls}"
+        assert dtype == torch.float32, f"F.cross_entropy got {dtype} logits: {watcher.calls}"
+        assert rows <= 2, f"a chunk of {rows} rows, more than the 2 set: {watcher.calls}"
+    assert sum(rows for _, _, rows in watcher.calls) == x.shape[0] * x.shape[1], watcher.calls
 
 
 # --- LOSS-ERRORS ------------------------------------------------------------------------------

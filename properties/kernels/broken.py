@@ -17,10 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from properties.engine.kernel import KernelSpec
+from reference import DEFAULT_IGNORE_INDEX
 
 
 def mean_counts_ignored_tokens(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """A mean that counts ignored (padding) tokens in its denominator.
 
@@ -36,7 +41,7 @@ def hard_coded_ignore_index(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,
@@ -56,7 +61,11 @@ def hard_coded_ignore_index(
 
 
 def no_max_subtraction(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """log Σ exp(x) without subtracting the row's maximum: exp overflows once a logit passes ~88.
 
@@ -68,7 +77,11 @@ def no_max_subtraction(
 
 
 def global_max_subtraction(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """One maximum for the whole batch instead of one per row: a row far below the batch's
     largest logit underflows to exp(·) = 0 everywhere, and its loss becomes ±inf.
@@ -85,7 +98,7 @@ def label_smoothing_counts_ignored_rows(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> Tensor:
@@ -107,7 +120,7 @@ def label_smoothing_divided_by_all_rows(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> Tensor:
@@ -131,7 +144,7 @@ def weighted_mean_divided_by_rows(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     weight: Tensor | None = None,
 ) -> Tensor:
@@ -148,7 +161,11 @@ def weighted_mean_divided_by_rows(
 
 
 def none_reduction_keeps_ignored_rows(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """reduction="none" returns a loss for ignored rows (computed against a stand-in class)
     where PyTorch returns exactly 0; the mean and sum mask them correctly.
@@ -165,7 +182,11 @@ def none_reduction_keeps_ignored_rows(
 
 
 def empty_mean_returns_zero(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """A mean over no counted token returns 0 (a clamped denominator) where PyTorch returns NaN,
     and the kernel does not declare it (KernelSpec(empty_mean="zero") would).
@@ -180,7 +201,11 @@ def empty_mean_returns_zero(
 
 
 def assumes_contiguous(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """A stride assumption: reads the logits' storage as if the tensor were contiguous and
     started at offset 0, which is wrong for transposed, sliced, offset or expanded inputs.
@@ -194,7 +219,11 @@ def assumes_contiguous(
 
 
 def flattens_with_view(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """A stride assumption that crashes: ``.view`` needs a contiguous tensor, so a transposed
     or sliced input raises instead of being read (``.reshape`` would copy). A kernel that
@@ -210,7 +239,11 @@ def flattens_with_view(
 
 
 def writes_into_input(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """Writes into its input without declaring it: subtracts each row's maximum from the
     caller's logits in place (the loss and gradient are still right; the caller's tensor is not).
@@ -226,7 +259,7 @@ def rounds_logits_to_bf16(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> Tensor:
@@ -246,7 +279,11 @@ def rounds_logits_to_bf16(
 
 
 def gradient_forgets_mean_scale(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """A hand-written backward that forgets the mean's 1/N: the gradient of the mean is the
     gradient of the sum.
@@ -274,7 +311,11 @@ class _ForgetsMeanScale(torch.autograd.Function):
 
 
 def gradient_ignores_upstream(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """A hand-written backward that ignores the upstream gradient: right for loss.backward()
     on the loss itself, wrong for 2·loss, for a loss inside a larger graph, and for
@@ -305,7 +346,11 @@ class _IgnoresUpstream(torch.autograd.Function):
 
 
 def ignored_rows_get_gradient(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """A hand-written gradient that forgets the ignore mask: ignored rows get softmax − one-hot
     of a stand-in class instead of exactly zero (the loss itself is right).
@@ -339,7 +384,11 @@ class _GradientOnIgnoredRows(torch.autograd.Function):
 
 
 def scales_upstream_in_place(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """A hand-written backward that scales the upstream gradient in place (to save a buffer):
     its own gradient is right, but grad_output is not its to change: autograd may hand the same
@@ -371,7 +420,11 @@ class _ScalesUpstreamInPlace(torch.autograd.Function):
 
 
 def softmax_saved_in_bf16(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> Tensor:
     """Saves the softmax in bfloat16 for the backward (to save memory) even for float32
     logits: the gradient carries bfloat16's error, about 2^-9 of each probability.
@@ -409,7 +462,7 @@ def _z_loss_not_squared(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     z_loss: float = 0.0,
 ) -> Tensor:
@@ -462,3 +515,25 @@ def _reduce_rows(
 def _times_upstream(row_grads: Tensor, grad_output: Tensor) -> Tensor:
     """Chain rule: a scalar upstream gradient scales every row; a per-row one scales its row."""
     return row_grads * (grad_output[:, None] if grad_output.dim() == 1 else grad_output)
+
+
+def bf16_loss_returned_as_float32(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+) -> Tensor:
+    """A mixed-precision kernel that computes the loss in bfloat16 (autocast or not) and returns
+    it as float32. The dtype promises float32's accuracy, and the value has bfloat16's. That is
+    what F.cross_entropy amounts to under CUDA autocast, where it rounds every log-probability to
+    bfloat16 before a float32 nll_loss.
+
+    Caught by: CE-AUTOCAST
+    """
+    # Autocast off, or the CPU's autocast would run cross_entropy_loss in float32 and hide the bug.
+    with torch.autocast(logits.device.type, enabled=False):
+        loss = F.cross_entropy(
+            logits.to(torch.bfloat16), target, ignore_index=ignore_index, reduction=reduction
+        )
+    return loss.float()  # BUG: a bfloat16 value in float32's clothing
