@@ -175,6 +175,9 @@ def _check_and_print(
         print(render.header(report, examples), flush=True)
         finished = _result_printer(report, after_each)
         check_kernel(report, clauses, on_start=started, on_result=finished, exit_first=exit_first)
+        warned = render.kernel_warnings(report)
+        if warned is not None:
+            print(f"\n{warned}")
         print(f"\n{render.summary(report)}", flush=True)
         if exit_first and not report.passed:
             return  # the kernels after it are not checked either

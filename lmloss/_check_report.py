@@ -143,6 +143,18 @@ _SUMMARY_WORDS: tuple[tuple[Status, str], ...] = (
 )
 
 
+def kernel_warnings(report: KernelReport) -> str | None:
+    """Each warning the kernel raised, once, with how often (a compiler repeats its own)."""
+    counts: Counter[str] = Counter()
+    for result in report.results:
+        counts.update(result.warnings)
+    if not counts:
+        return None
+    lines = [f"warnings raised by {report.kernel.name} (each shown once):"]
+    lines.extend(f"  {count:>6} × {text}" for text, count in counts.most_common())
+    return "\n".join(lines)
+
+
 def summary(report: KernelReport) -> str:
     counts = Counter(result.status for result in report.results)
     parts = [f"{counts[status]} {word}" for status, word in _SUMMARY_WORDS if counts[status]]
@@ -212,6 +224,7 @@ def _result_data(result: ClauseResult) -> dict[str, Any]:
         "reason": result.reason,
         "detail": result.detail,
         "shrinking_cut_at": _number(result.shrinking_cut_at),
+        "warnings": dict(result.warnings),
         "violation": None
         if violation is None
         else {

@@ -149,7 +149,7 @@ def profile() -> str:
 
 @pytest.fixture
 def check(
-    kernel: KernelUnderTest, dtype: str, device: str, profile: str
+    request: pytest.FixtureRequest, kernel: KernelUnderTest, dtype: str, device: str, profile: str
 ) -> Callable[[Clause], Any]:
     """check(clause): run it for this kernel and dtype; fail with the shrunk counterexample."""
     from properties.engine.runner import run_clause
@@ -159,9 +159,12 @@ def check(
         pytest.skip(f"{kernel.name} declares dtypes {', '.join(declared)}")
     if device not in kernel.spec.devices:
         pytest.skip(f"{kernel.name} declares devices {', '.join(kernel.spec.devices)}")
+    run_dtypes = tuple(d for d in dtypes(request.config) if declared is None or d in declared)
 
     def run(clause: Clause) -> Any:
-        result = run_clause(clause, kernel, dtype=dtype, device=device, profile=profile)
+        result = run_clause(
+            clause, kernel, dtype=dtype, device=device, profile=profile, run_dtypes=run_dtypes
+        )
         if result.status == "not applicable":
             pytest.skip(f"{clause.id}: {result.reason}")
         if result.status == "fails" and result.violation is not None:

@@ -50,7 +50,7 @@ import torch
 
 from properties.ce.problem import Problem
 from properties.engine.defaults import DTYPES
-from properties.engine.dtypes import largest_finite, smallest_normal, unit_roundoff
+from properties.engine.dtypes import smallest_normal, unit_roundoff
 
 #: Unit roundoff u = 2^-p (p = significand bits with the implicit one): a correctly rounded
 #: result lies within a relative u of the exact value (2^-24, 2^-8, 2^-11; from torch.finfo).
@@ -141,32 +141,6 @@ def _kept_lse_error(problem: Problem, rows: _Rows) -> torch.Tensor:
     errors up to 0.91·u_s·(1 + |ℓ|), flat in C; at s = 1 + 2^-8, a tie, one rounding alone
     moves lse by 0.99·u_s)."""
     return storage_roundoff(problem.dtype) * (2 + rows.lse.abs())
-
-
-def storage_holds_the_row_sums(problem: Problem) -> bool:
-    """Whether the per-row sums a correct kernel may keep in the storage dtype are finite there.
-
-    Label smoothing's Σ_j w_j·(lse − x_j) is such a sum, and so is its total over the batch
-    divided by Σ w_y for the mean, before the factor ε/C: PyTorch computes them in the input
-    dtype, in that order. Their size does not follow the logits' scale: one row of C = 1103
-    classes at logits near −1.5, weights in [1/16, 16] and w_y = 0.21 has Σ_j w_j·(lse − x_j)
-    = 20,770 and, over w_y, 98,465: float16 (largest 65,504) overflows, while the loss is 87.36
-    (PyTorch's float16 mean returns inf there; its reduction="none" is finite). Such an input
-    is outside what the dtype can hold; the error model makes no promise there, and
-    clauses skip that dtype on it.
-    """
-    if problem.label_smoothing == 0.0:
-        return True
-    rows = _rows(problem)
-    finite = torch.isfinite(rows.log_probs)
-    nll = torch.where(finite, -rows.log_probs, 0.0)
-    smoothing_sums = (nll * _weights(problem)[None, :]).sum(1)
-    total = torch.where(problem.counted, smoothing_sums, 0.0).sum()
-    counted_weight = _target_weights(problem).sum()
-    largest = [smoothing_sums.max(), total]
-    if problem.reduction == "mean" and counted_weight > 0:
-        largest.append(total / counted_weight)
-    return bool(max(float(v) for v in largest) < largest_finite(problem.dtype) / 2)
 
 
 def _weights(problem: Problem) -> torch.Tensor:

@@ -165,6 +165,7 @@ def check_kernel(
                 device=report.device,
                 profile=report.profile,
                 shrinking_seconds=shrinking_seconds(report.profile, failed_before=failed_before),
+                run_dtypes=report.dtypes,
             )
             result = job.run(kernel=report.kernel, clause=clause)
             report.results.append(result)

@@ -28,6 +28,9 @@ class Trial:
     dtype: str  # "float32" | "bfloat16" | "float16"
     device: str  # "cpu" | "cuda"
     data: DataObject
+    #: Every dtype chosen for the run (``--dtype`` or the device's defaults, less those the
+    #: kernel rules out); a clause that compares dtypes (CE-DTYPES) compares these.
+    run_dtypes: tuple[str, ...] = ()
     #: Largest error/bound seen in this example; the checker reports the worst over examples.
     worst_ratio: float = 0.0
     #: Largest error/bound per label in this example. In the thorough profile the runner hands

@@ -41,6 +41,8 @@ class Job:
     shrinking_seconds: int | None = None
     #: ``module:attr`` of the sequence of clauses that holds ``clause``.
     catalogue: str = CATALOGUE
+    #: Every dtype of the run (a clause that compares dtypes compares these); () : ``dtype``.
+    run_dtypes: tuple[str, ...] = ()
 
     def run(
         self, *, kernel: KernelUnderTest | None = None, clause: Clause | None = None
@@ -56,6 +58,7 @@ class Job:
             device=self.device,
             profile=self.profile,
             shrinking_seconds=self.shrinking_seconds,
+            run_dtypes=self.run_dtypes,
         )
 
 

@@ -12,12 +12,14 @@ latest call is remembered, inputs copied before the kernel sees them (it may wri
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
 import math
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,6 +56,8 @@ class ClauseResult:
     #: For "fails": the shrinking budget in seconds when it ran out (the counterexample may
     #: not be the smallest), else None.
     shrinking_cut_at: int | None = None
+    #: Warnings the kernel's calls raised, "Category: message" -> how many times.
+    warnings: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def hypothesis_settings(profile: str) -> Any:
@@ -87,6 +91,7 @@ def run_clause(
     device: str,
     profile: str = "quick",
     shrinking_seconds: int | None = None,
+    run_dtypes: tuple[str, ...] = (),
 ) -> ClauseResult:
     """Check one clause for one kernel, dtype and device under a profile's settings.
 
@@ -123,7 +128,13 @@ def run_clause(
     @given(st.data())
     def example(data: Any) -> None:
         nonlocal worst_ratio, examples, failed, first_failure_at
-        trial = Trial(kernel=recorder.kernel, dtype=dtype, device=device, data=data)
+        trial = Trial(
+            kernel=recorder.kernel,
+            dtype=dtype,
+            device=device,
+            data=data,
+            run_dtypes=run_dtypes or (dtype,),
+        )
         recorder.forget()
         try:
             clause.test(trial)
@@ -152,7 +163,15 @@ def run_clause(
     def result(status: Status, **outcome: Any) -> ClauseResult:
         seconds = time.perf_counter() - start
         return ClauseResult(
-            clause.info(), dtype, device, status, worst_ratio, examples, seconds, **outcome
+            clause.info(),
+            dtype,
+            device,
+            status,
+            worst_ratio,
+            examples,
+            seconds,
+            warnings=dict(recorder.warnings),
+            **outcome,
         )
 
     def shrinking_cut() -> int | None:
@@ -200,6 +219,8 @@ class _CallRecorder:
         self.kernel = dataclasses.replace(kernel, spec=spec)
         self._last_call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._raised: list[BaseException] = []
+        #: "Category: message" -> count, over every call (a compiler may repeat one per call).
+        self.warnings: collections.Counter[str] = collections.Counter()
 
     def forget(self) -> None:
         self._last_call = None
@@ -211,10 +232,14 @@ class _CallRecorder:
             {key: _snapshot(value) for key, value in options.items()},
         )
         try:
-            result = self._original.spec.fn(*arguments, **options)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = self._original.spec.fn(*arguments, **options)
         except Exception as exc:
             self._raised.append(exc)
             raise
+        finally:
+            self.warnings.update(_warning_text(warning) for warning in caught)
         # The options arrive under the kernel's own names; the rule reads the suite's.
         suite_names = {own: name for name, own in self._original.spec.options.items()}
         keywords = {suite_names.get(key, key): value for key, value in options.items()}
@@ -272,6 +297,11 @@ def _snapshot(value: Any) -> Any:
         .set_(storage, value.storage_offset(), value.size(), value.stride())
     )
     return copy.requires_grad_(value.requires_grad)
+
+
+def _warning_text(warning: warnings.WarningMessage) -> str:
+    lines = str(warning.message).strip().splitlines() or [""]
+    return f"{warning.category.__name__}: {lines[0]}"
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:

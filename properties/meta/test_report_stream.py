@@ -7,11 +7,13 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 HERE = "properties.meta.test_report_stream"
@@ -73,3 +75,26 @@ def test_failures_of_one_cause_are_told_once(tmp_path: Path) -> None:
     assert run.stdout.count("reproduce with:") == 1, run.stdout
     assert "CE-SUM · float32 · FAILS" in run.stdout
     assert "same cause as CE-MEAN · float32 (shown above)" in run.stdout
+
+
+def warns_on_every_call(logits: Any, target: Any, **options: Any) -> Any:
+    warnings.warn("recompiling for a new shape", UserWarning, stacklevel=1)
+    return torch.nn.functional.cross_entropy(logits, target, **options)
+
+
+def test_a_kernels_warnings_are_shown_once_each_with_a_count() -> None:
+    run = subprocess.run(
+        lmloss_check(
+            f"{HERE}:warns_on_every_call",
+            *("--clause", "CE-SUM", "--dtype", "float32", "--profile", "ci"),
+        ),
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("UserWarning: recompiling for a new shape") == 1, run.stdout
+    # Every call warned: the count is the number of calls, at least one per example.
+    (line,) = [line for line in run.stdout.splitlines() if "recompiling" in line]
+    assert int(line.split("×")[0]) >= 15
