@@ -21,6 +21,7 @@ from properties.engine.check import (
     versions,
 )
 from properties.engine.defaults import DEFAULT_KERNELS, DEFAULT_PROFILE, DEVICES, DTYPES, PROFILES
+from properties.engine.workers import DEFAULT_CALL_SECONDS, WorkerPool
 
 if TYPE_CHECKING:
     from properties.engine.clause import Clause
@@ -85,7 +86,26 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="stop at the first clause that fails (the verdict in seconds, the report partial)",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes running clause × dtype jobs at once (default 1); the report "
+        "keeps the clause order",
+    )
+    parser.add_argument(
+        "--call-timeout",
+        type=_positive_float,
+        default=DEFAULT_CALL_SECONDS,
+        metavar="SECONDS",
+        help="a kernel call running longer is reported as hung on its clause "
+        f"(default {DEFAULT_CALL_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the report as JSON, after each clause"
+    )
     parser.set_defaults(run=run)
 
 
@@ -101,7 +121,15 @@ def run(args: argparse.Namespace) -> int:
             _write_json(args.json, reports, _exit_code(reports))
 
     try:
-        _check_and_print(reports, clauses, args.profile, exit_first=args.exitfirst, after_each=save)
+        with WorkerPool(size=args.jobs, call_seconds=args.call_timeout) as pool:
+            _check_and_print(
+                reports,
+                clauses,
+                args.profile,
+                exit_first=args.exitfirst,
+                after_each=save,
+                pool=pool,
+            )
     except KeyboardInterrupt:
         print("\nlmloss check: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -114,6 +142,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         _write_json(args.json, reports, exit_code, complete=True)
     return exit_code
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
 
 
 def _exit_code(reports: list[KernelReport]) -> int:
@@ -156,6 +198,7 @@ def _check_and_print(
     *,
     exit_first: bool = False,
     after_each: Callable[[], None] = lambda: None,
+    pool: WorkerPool | None = None,
 ) -> None:
     """Run the clauses, printing each result as it comes (the report is the progress), and the
     story of each failure right after its line, a cause shared with an earlier one in a line."""
@@ -174,7 +217,14 @@ def _check_and_print(
             print()
         print(render.header(report, examples), flush=True)
         finished = _result_printer(report, after_each)
-        check_kernel(report, clauses, on_start=started, on_result=finished, exit_first=exit_first)
+        check_kernel(
+            report,
+            clauses,
+            on_start=started,
+            on_result=finished,
+            exit_first=exit_first,
+            pool=pool,
+        )
         warned = render.kernel_warnings(report)
         if warned is not None:
             print(f"\n{warned}")

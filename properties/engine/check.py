@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -26,6 +26,7 @@ from properties.engine.kernel import KernelSpec, KernelUnderTest, resolve
 if TYPE_CHECKING:
     from properties.engine.clause import Clause
     from properties.engine.runner import ClauseResult
+    from properties.engine.workers import WorkerPool
 
 #: Packages whose version every report names anyway (or that are part of lmloss).
 _NAMED_ALREADY = frozenset({"torch", "lmloss", "properties", "reference", "hypothesis"})
@@ -144,36 +145,55 @@ def check_kernel(
     on_start: Callable[[Clause, str], None] = lambda clause, dtype: None,
     on_result: Callable[[ClauseResult], None] = lambda result: None,
     exit_first: bool = False,
+    pool: WorkerPool | None = None,
 ) -> KernelReport:
     """Run every clause of the kernel's contract for every dtype of ``report``, appending
-    results as they finish.
+    results in clause order as they finish.
 
+    With a ``pool`` the jobs run in its worker processes (a kernel that crashes or hangs is
+    reported on its clause; several jobs run at once), else one after another in this process.
     The kernel's first failure is shrunk with the profile's full budget, later ones briefly
-    (properties.engine.defaults.shrinking_seconds): a broken kernel's report comes in seconds
-    per failing clause, not half a minute each. ``exit_first`` stops at the first failure.
+    (properties.engine.defaults.shrinking_seconds): a job started after a failure came back gets
+    the short budget. ``exit_first`` stops at the first failure.
     """
     start = time.perf_counter()
     own = [clause for clause in clauses if clause.contract == report.kernel.contract.name]
-    for clause in own:
-        for dtype in report.dtypes:
-            on_start(clause, dtype)
-            failed_before = any(result.status == "fails" for result in report.results)
-            job = Job(
-                spec=report.kernel.source or report.kernel.name,
-                clause=clause.id,
-                dtype=dtype,
-                device=report.device,
-                profile=report.profile,
-                shrinking_seconds=shrinking_seconds(report.profile, failed_before=failed_before),
-                run_dtypes=report.dtypes,
-            )
-            result = job.run(kernel=report.kernel, clause=clause)
+    clause_of = {clause.id: clause for clause in own}
+
+    def jobs() -> Iterator[Job]:
+        for clause in own:
+            for dtype in report.dtypes:
+                on_start(clause, dtype)
+                failed_before = any(result.status == "fails" for result in report.results)
+                yield Job(
+                    spec=report.kernel.source or report.kernel.name,
+                    clause=clause.id,
+                    dtype=dtype,
+                    device=report.device,
+                    profile=report.profile,
+                    shrinking_seconds=shrinking_seconds(
+                        report.profile, failed_before=failed_before
+                    ),
+                    run_dtypes=report.dtypes,
+                )
+
+    if pool is None:
+        results: Iterator[ClauseResult] = (
+            job.run(kernel=report.kernel, clause=clause_of[job.clause]) for job in jobs()
+        )
+    else:
+        results = pool.run(jobs(), report.kernel)
+    try:
+        for result in results:
             report.results.append(result)
             on_result(result)
             if exit_first and result.status == "fails":
                 report.stopped_early = len(report.results) < len(own) * len(report.dtypes)
-                report.seconds = time.perf_counter() - start
-                return report
+                break
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
     report.seconds = time.perf_counter() - start
     return report
 

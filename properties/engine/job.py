@@ -21,7 +21,7 @@ from properties.engine.defaults import DEFAULT_PROFILE
 if TYPE_CHECKING:
     from properties.engine.clause import Clause
     from properties.engine.kernel import KernelUnderTest
-    from properties.engine.runner import ClauseResult
+    from properties.engine.runner import CallWatch, ClauseResult
 
 #: Where the clauses of the specification are listed, by contract and ID.
 CATALOGUE = "properties.catalogue:CLAUSES"
@@ -45,9 +45,14 @@ class Job:
     run_dtypes: tuple[str, ...] = ()
 
     def run(
-        self, *, kernel: KernelUnderTest | None = None, clause: Clause | None = None
+        self,
+        *,
+        kernel: KernelUnderTest | None = None,
+        clause: Clause | None = None,
+        watch: CallWatch | None = None,
     ) -> ClauseResult:
-        """Run the job; ``kernel`` and ``clause``, when given, are the ones it names, loaded."""
+        """Run the job; ``kernel`` and ``clause``, when given, are the ones it names, loaded;
+        ``watch`` is told of each kernel call (see properties.engine.runner.run_clause)."""
         from properties.engine.check import load_kernel
         from properties.engine.runner import run_clause
 
@@ -59,6 +64,7 @@ class Job:
             profile=self.profile,
             shrinking_seconds=self.shrinking_seconds,
             run_dtypes=self.run_dtypes,
+            watch=watch,
         )
 
 

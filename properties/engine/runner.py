@@ -22,7 +22,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from properties.engine.clause import Clause, ClauseInfo, ClauseViolation, Trial, Violation
 from properties.engine.defaults import PROFILES, SHRINKING_SECONDS, STEERING_PROFILES
@@ -32,6 +32,14 @@ if TYPE_CHECKING:
     from properties.engine.kernel import KernelUnderTest
 
 Status = Literal["holds", "fails", "not applicable", "error"]
+
+
+class CallWatch(Protocol):
+    """Told of each call of the kernel: its inputs (copies, the kernel's own keyword names)."""
+
+    def started(self, arguments: tuple[Any, ...], options: dict[str, Any]) -> None: ...
+
+    def finished(self) -> None: ...
 
 
 @dataclass
@@ -92,8 +100,12 @@ def run_clause(
     profile: str = "quick",
     shrinking_seconds: int | None = None,
     run_dtypes: tuple[str, ...] = (),
+    watch: CallWatch | None = None,
 ) -> ClauseResult:
     """Check one clause for one kernel, dtype and device under a profile's settings.
+
+    ``watch`` is told of each kernel call before it starts and when it ends (a worker process
+    keeps the call's inputs, so a call that kills the process or never returns can be reported).
 
     ``shrinking_seconds`` caps the time spent shrinking a failure (default: the profile's
     SHRINKING_SECONDS).
@@ -114,7 +126,7 @@ def run_clause(
             clause.info(), dtype, device, "not applicable", 0.0, 0, 0.0, reason=reason
         )
 
-    recorder = _CallRecorder(kernel, clause, device)
+    recorder = _CallRecorder(kernel, clause, device, watch)
     steer = profile in STEERING_PROFILES
     if shrinking_seconds is None:
         shrinking_seconds = SHRINKING_SECONDS[profile]
@@ -205,10 +217,13 @@ class _CallRecorder:
     """Wraps a kernel's callable: remembers its latest call and which exceptions it raised,
     and holds its result to the rule of the kernel's contract (e.g. contract 2's shapes)."""
 
-    def __init__(self, kernel: KernelUnderTest, clause: Clause, device: str) -> None:
+    def __init__(
+        self, kernel: KernelUnderTest, clause: Clause, device: str, watch: CallWatch | None
+    ) -> None:
         self._original = kernel
         self._clause = clause
         self._device = device
+        self._watch = watch
 
         # Keep the callable's name and module: clauses write them into their reproducers.
         @functools.wraps(kernel.spec.fn)
@@ -231,6 +246,8 @@ class _CallRecorder:
             tuple(_snapshot(argument) for argument in arguments),
             {key: _snapshot(value) for key, value in options.items()},
         )
+        if self._watch is not None:
+            self._watch.started(*self._last_call)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -240,6 +257,8 @@ class _CallRecorder:
             raise
         finally:
             self.warnings.update(_warning_text(warning) for warning in caught)
+            if self._watch is not None:
+                self._watch.finished()
         # The options arrive under the kernel's own names; the rule reads the suite's.
         suite_names = {own: name for name, own in self._original.spec.options.items()}
         keywords = {suite_names.get(key, key): value for key, value in options.items()}
