@@ -90,15 +90,25 @@ def detail(report: KernelReport, result: ClauseResult) -> str | None:
     return f"{_title(result)}\n{equation}" + _indent(body, "  ")
 
 
+#: How the message of a failure that is not about values opens (properties/engine/runner.py,
+#: properties/engine/workers.py).
+_SHARED_CAUSES = (
+    "the kernel raised",
+    "the kernel returned",
+    "the kernel ended its worker process",
+    "the kernel's call did not return",
+)
+
+
 def cause(result: ClauseResult) -> str | None:
     """What a failure shares with others of the same root cause: the kernel raising the same
-    exception with the same message, or returning the same wrong kind of result; None for a
-    failure of the values, which is its clause's own."""
+    exception with the same message, returning the same wrong kind of result, or ending or
+    hanging its process the same way; None for a failure of the values, its clause's own."""
     if result.violation is None:
         return None
     for line in result.violation.message.splitlines():
         line = line.strip()
-        if line.startswith(("the kernel raised", "the kernel returned")):
+        if line.startswith(_SHARED_CAUSES):
             return line
     return None
 
