@@ -104,6 +104,8 @@ liger_cross_entropy = KernelSpec(
     fn=_liger_cross_entropy,
     name="liger_kernel.transformers.functional.liger_cross_entropy",
     writes_input=True,
+    # Liger 0.8.5 sums the per-row losses of counted rows only: no counted row gives 0.
+    empty_mean="zero",
     options={"z_loss": "lse_square_scale", "softcap": "softcap"},
 )
 
@@ -131,5 +133,6 @@ liger_cross_entropy_interpreted = KernelSpec(
     fn=_liger_without_weight_or_softcap,
     name="liger_kernel.transformers.functional.liger_cross_entropy",
     writes_input=True,
+    empty_mean="zero",
     options={"z_loss": "lse_square_scale"},
 )
