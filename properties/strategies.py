@@ -105,7 +105,11 @@ def _generator(seed: int) -> str:
     return f"torch.Generator().manual_seed({seed})"
 
 
-seeds = st.integers(min_value=0, max_value=2**32 - 1)
+def seeds() -> st.SearchStrategy[int]:
+    """Seeds of torch.Generator: any 32-bit unsigned integer."""
+    return st.integers(min_value=0, max_value=2**32 - 1)
+
+
 #: Class weights lie in [1/16, 16]; logits leave room for losses scaled by the largest.
 LARGEST_CLASS_WEIGHT = 16.0
 
@@ -243,7 +247,7 @@ def targets(
             for ignored in ignored_rows
         ]
         return _build(name, [f"{name} = torch.tensor({values}, dtype=torch.long)"])
-    g = _generator(draw(seeds))
+    g = _generator(draw(seeds()))
     lines = [f"g = {g}", f"{name} = torch.randint(0, {vocab_size}, ({rows},), generator=g)"]
     if fraction > 0.0:
         lines.append(f"{name}[torch.rand({rows}, generator=g) < {fraction}] = {ignore_index}")
@@ -354,7 +358,7 @@ def _kept_column(target: Drawn, vocab_size: int) -> str:
 
 
 def _base_values(draw: st.DrawFn, rows: int, vocab_size: int, name: str) -> list[str]:
-    seed = draw(seeds)
+    seed = draw(seeds())
     lines = [f"g = {_generator(seed)}"]
     if rows * vocab_size <= LITERAL_LIMIT:
         # Element by element, so Hypothesis can shrink each value toward a simple one.
@@ -406,7 +410,7 @@ def class_weights(draw: st.DrawFn, *, vocab_size: int, dtype: str, name: str = "
         lines = [f"{name} = torch.tensor({values!r}, dtype=torch.float64)"]
     else:
         lines = [
-            f"g = {_generator(draw(seeds))}",
+            f"g = {_generator(draw(seeds()))}",
             f"{name} = torch.exp2(torch.rand({vocab_size}, generator=g, dtype=torch.float64)"
             f" * {2 * exponent!r} - {exponent!r})",
         ]
@@ -428,7 +432,7 @@ def upstream_gradients(
         lines = [f"{name} = torch.tensor({literal!r}, dtype=torch.float64)"]
     else:
         lines = [
-            f"g = {_generator(draw(seeds))}",
+            f"g = {_generator(draw(seeds()))}",
             f"{name} = (torch.rand({rows}, generator=g, dtype=torch.float64) - 0.5) * 8",
         ]
     lines.append(f"{name} = {name}.reshape({shape}).to({torch_dtype(dtype)})")
@@ -448,7 +452,7 @@ def row_permutations(draw: st.DrawFn, *, rows: int, name: str = "order") -> Draw
     if rows <= LITERAL_LIMIT:
         order = draw(st.permutations(range(rows)))
         return _build(name, [f"{name} = torch.tensor({order}, dtype=torch.long)"])
-    return _build(name, [f"{name} = torch.randperm({rows}, generator={_generator(draw(seeds))})"])
+    return _build(name, [f"{name} = torch.randperm({rows}, generator={_generator(draw(seeds()))})"])
 
 
 @st.composite
@@ -458,7 +462,7 @@ def row_masks(draw: st.DrawFn, *, rows: int, name: str = "rows") -> Drawn:
         mask = [draw(st.booleans()) for _ in range(rows)]
         mask[draw(st.integers(0, rows - 1))] = True
         return _build(name, [f"{name} = torch.tensor({mask})"])
-    g = _generator(draw(seeds))
+    g = _generator(draw(seeds()))
     first = draw(st.integers(0, rows - 1))
     return _build(
         name, [f"{name} = torch.rand({rows}, generator={g}) < 0.5", f"{name}[{first}] = True"]
@@ -888,7 +892,7 @@ def shifted_logits(
     room = 2**bits - 1 - spread
     steps = draw(st.integers(-room, room))
     shift = steps * 2.0**exponent
-    g = _generator(draw(seeds))
+    g = _generator(draw(seeds()))
     grid = [
         f"g = {g}",
         f"logits = torch.randint({-spread}, {spread + 1}, ({rows}, {vocab_size}), generator=g)",

@@ -105,3 +105,34 @@ def _index(tensor: torch.Tensor, flat: int) -> str:
 
 def _value(tensor: torch.Tensor, flat: int) -> str:
     return repr(float(tensor.detach().cpu().double().reshape(-1)[flat]))
+
+
+def assert_within(
+    quantity: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    bound: torch.Tensor,
+    context: str,
+    *,
+    expected_by: str = "the oracle",
+) -> None:
+    """:func:`check_close`'s rule for tests outside the clauses (the production loss, the
+    training step), which have no Trial and no reproducer: discrepancy ≤ bound everywhere, or an
+    AssertionError naming the worst entry, both values, its error as a multiple of its bound,
+    and the call."""
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise AssertionError(
+            f"{quantity} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}  [{context}]"
+        )
+    error = discrepancy(actual, expected).reshape(-1)
+    bound = bound.double().expand(actual.shape).reshape(-1)
+    ratio = torch.where(error == 0, 0.0, error / bound)
+    worst = int(torch.argmax(torch.where(ratio.isnan(), math.inf, ratio)))
+    if not bool((ratio <= 1.0).all()):
+        where = f"[{worst}]" if actual.dim() else ""
+        raise AssertionError(
+            f"{quantity}{where} = {actual.detach().double().reshape(-1)[worst].item()!r}, but "
+            f"{expected_by} says {expected.double().reshape(-1)[worst].item()!r}: error "
+            f"{error[worst].item():.3g} is {ratio[worst].item():.3g} × bound "
+            f"{bound[worst].item():.3g}  [{context}]"
+        )

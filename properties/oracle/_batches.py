@@ -17,6 +17,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from reference import DEFAULT_IGNORE_INDEX
+
 #: Examples per property; raise it for a longer search, e.g. LMLOSS_ORACLE_EXAMPLES=1000.
 EXAMPLES = int(os.environ.get("LMLOSS_ORACLE_EXAMPLES", "40"))
 oracle_settings = settings(
@@ -134,7 +136,8 @@ def batches(
         rows(classes) if logits is None else st.lists(logits, min_size=classes, max_size=classes)
     )
     ignore_index = draw(
-        st.sampled_from([-100, 0]) | st.integers(-3, classes + 2), label="ignore_index"
+        st.sampled_from([DEFAULT_IGNORE_INDEX, 0]) | st.integers(-3, classes + 2),
+        label="ignore_index",
     )
     logit_rows, targets = [], []
     for _ in range(count):

@@ -31,7 +31,7 @@ import lmloss
 from lmloss import GPT, ByteDataset, GPTConfig, cross_entropy, forward_backward
 from properties.ce.oracle import oracle_gradient, oracle_loss
 from properties.ce.problem import Problem
-from properties.engine.checks import discrepancy
+from properties.engine.checks import assert_within
 from properties.engine.kernel import KernelUnderTest
 from properties.strategies import seeds, splits
 from properties.tolerances import (
@@ -142,7 +142,7 @@ def draw_micro_batch(
         rows = data.draw(st.integers(1, MAX_ROWS), label=f"{label}: rows")
     if length is None:
         length = data.draw(st.integers(1, SMALL_VOCAB_MODEL.block_size), label=f"{label}: length")
-    generator = torch.Generator().manual_seed(data.draw(seeds, label=f"{label}: seed"))
+    generator = torch.Generator().manual_seed(data.draw(seeds(), label=f"{label}: seed"))
     tokens = torch.randint(SMALL_VOCAB_MODEL.vocab_size, (rows, length + 1), generator=generator)
     x, y = tokens[:, :-1], tokens[:, 1:].clone()
     if kernel is None or "ignore_index" in kernel.accepts:
@@ -156,33 +156,6 @@ def draw_micro_batch(
 
 def counted(micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> int:
     return sum(int((y != DEFAULT_IGNORE_INDEX).sum()) for _, y in micro_batches)
-
-
-def assert_within(
-    quantity: str,
-    actual: torch.Tensor,
-    expected: torch.Tensor,
-    bound: torch.Tensor,
-    context: str,
-    *,
-    expected_by: str = "the oracle",
-) -> None:
-    """discrepancy(actual, expected) ≤ bound everywhere, the clauses' rule (check_close's); the
-    message names the worst entry, its error as a multiple of its bound, and the call."""
-    assert actual.shape == expected.shape, (
-        f"{quantity} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}  [{context}]"
-    )
-    error = discrepancy(actual, expected).reshape(-1)
-    bound = bound.double().expand(actual.shape).reshape(-1)
-    ratio = torch.where(error == 0, 0.0, error / bound)
-    worst = int(torch.argmax(torch.where(ratio.isnan(), math.inf, ratio)))
-    where = f"[{worst}]" if actual.dim() else ""
-    assert bool((ratio <= 1.0).all()), (
-        f"{quantity}{where} = {actual.detach().double().reshape(-1)[worst].item()!r}, but "
-        f"{expected_by} says {expected.double().reshape(-1)[worst].item()!r}: error "
-        f"{error[worst].item():.3g} is {ratio[worst].item():.3g} × bound "
-        f"{bound[worst].item():.3g}  [{context}]"
-    )
 
 
 def parameter_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -235,7 +208,7 @@ def test_step_reports_the_oracle_mean_nll_of_its_own_logits(
     """
     device, use_amp = step_mode
     require_step_contract(kernel, device)
-    seed = data.draw(seeds, label="seed")
+    seed = data.draw(seeds(), label="seed")
     rows = data.draw(st.integers(1, 4), label="B")
     dataset = ByteDataset(docs_corpus, batch_size=rows, block_size=byte_model.block_size, seed=seed)
     x, y = (t.to(device) for t in dataset.get_batch())
@@ -273,7 +246,7 @@ def check_logit_gradients(
     """Run the step and compare its loss and every logit's gradient with the full batch's oracle."""
     model = tiny_model(
         SMALL_VOCAB_MODEL,
-        seed=data.draw(seeds, label="model seed"),
+        seed=data.draw(seeds(), label="model seed"),
         logit_scale=draw_logit_scale(data),
     )
     criterion = RecordingCriterion(kernel)
@@ -361,7 +334,7 @@ def test_accumulated_parameter_gradient_equals_the_full_batch_gradient(data: st.
     parts = data.draw(splits(rows=rows), label="micro-batches (start, stop)")
     sizes = [stop - start for start, stop in parts]
     model = tiny_model(
-        SMALL_VOCAB_MODEL, seed=data.draw(seeds, label="model seed"), dtype=torch.float64
+        SMALL_VOCAB_MODEL, seed=data.draw(seeds(), label="model seed"), dtype=torch.float64
     )
 
     full_loss, full = accumulated_gradients(model, [(x, y)])
@@ -426,7 +399,7 @@ def test_padding_changes_neither_the_loss_nor_the_gradient(data: st.DataObject) 
     rows = data.draw(st.integers(1, 4), label="B")
     T = SMALL_VOCAB_MODEL.block_size
     lengths = data.draw(st.lists(st.integers(1, T), min_size=rows, max_size=rows), label="lengths")
-    generator = torch.Generator().manual_seed(data.draw(seeds, label="tokens seed"))
+    generator = torch.Generator().manual_seed(data.draw(seeds(), label="tokens seed"))
     tokens = torch.randint(SMALL_VOCAB_MODEL.vocab_size, (rows, T + 1), generator=generator)
     sequences = [
         (tokens[b : b + 1, :n], tokens[b : b + 1, 1 : n + 1]) for b, n in enumerate(lengths)
@@ -436,7 +409,7 @@ def test_padding_changes_neither_the_loss_nor_the_gradient(data: st.DataObject) 
     for b, (xs, ys) in enumerate(sequences):
         x[b, : lengths[b]], y[b, : lengths[b]] = xs[0], ys[0]
     model = tiny_model(
-        SMALL_VOCAB_MODEL, seed=data.draw(seeds, label="model seed"), dtype=torch.float64
+        SMALL_VOCAB_MODEL, seed=data.draw(seeds(), label="model seed"), dtype=torch.float64
     )
 
     unpadded_loss, unpadded = accumulated_gradients(model, sequences)
