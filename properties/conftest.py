@@ -6,14 +6,16 @@ The kernel under test, like array-api-tests' module variable:
     LMLOSS_KERNEL=my_pkg.ops:cross_entropy pytest properties   (comma-separated for several)
 
 Default: the kernels `lmloss check` checks with no SPEC (this project's loss and PyTorch's).
-dtypes: ``--dtype`` / ``LMLOSS_DTYPE`` (default float32 and bfloat16), restricted to those a
-KernelSpec declares. Profile: ``LMLOSS_PROFILE`` = quick (default) | ci (tox) | thorough.
+dtypes: ``--dtype`` / ``LMLOSS_DTYPE`` (default: the device's, float32 and bfloat16 on the CPU),
+restricted to those a KernelSpec declares. Profile: ``LMLOSS_PROFILE`` = quick (default) | ci
+(tox) | thorough. The defaults are properties/engine/defaults.py's, as `lmloss check`'s are.
 
-A section test asks for the ``check`` fixture and hands it a clause; it runs once per kernel
-and dtype (the ``kernel`` and ``dtype`` fixtures are parametrized here)::
+properties/test_clauses.py asks for the ``check`` fixture and hands it each clause of the
+catalogue; it runs once per kernel and dtype (the ``kernel`` and ``dtype`` fixtures are
+parametrized here)::
 
-    @pytest.mark.parametrize("clause", value.CLAUSES, ids=lambda c: c.id)
-    def test_value(clause, check):
+    @pytest.mark.parametrize("clause", CLAUSES, ids=lambda clause: clause.id)
+    def test_clause_holds(clause, check):
         check(clause)
 
 Nothing here imports torch at import time: tox's oracle-standalone environment runs

@@ -156,6 +156,10 @@ def check_kernel(
     (properties.engine.defaults.shrinking_seconds): a job started after a failure came back gets
     the short budget. ``exit_first`` stops at the first failure.
     """
+    if pool is not None and report.kernel.source is None:
+        raise ValueError(
+            f"{report.kernel.name}: a worker loads its kernel by SPEC; this one has none"
+        )
     start = time.perf_counter()
     own = [clause for clause in clauses if clause.contract == report.kernel.contract.name]
     clause_of = {clause.id: clause for clause in own}
@@ -166,6 +170,8 @@ def check_kernel(
                 on_start(clause, dtype)
                 failed_before = any(result.status == "fails" for result in report.results)
                 yield Job(
+                    # In this process the loaded kernel is handed to the job; a worker needs
+                    # its SPEC (checked above).
                     spec=report.kernel.source or report.kernel.name,
                     clause=clause.id,
                     dtype=dtype,

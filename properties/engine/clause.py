@@ -2,7 +2,7 @@
 
 A clause's test draws its inputs from a Hypothesis ``data`` object, calls the kernel, compares
 with the oracle, and raises :class:`ClauseViolation` when the clause does not hold. The same
-test runs under pytest (properties/test_*.py) and under ``lmloss check``.
+test runs under pytest (properties/test_clauses.py) and under ``lmloss check``.
 """
 
 from __future__ import annotations
