@@ -211,6 +211,7 @@ def _kernel_data(report: KernelReport) -> dict[str, Any]:
             "options": dict(spec.options),
             "writes_input": spec.writes_input,
             "empty_mean": spec.empty_mean,
+            "z_loss_weighting": spec.z_loss_weighting,
             "differentiable": spec.differentiable,
         },
         "seconds": _number(report.seconds),
@@ -255,6 +256,8 @@ def _declarations(report: KernelReport) -> list[str]:
         found.append("writes into its logits argument (the purity clause allows it)")
     if spec.empty_mean != "nan":
         found.append(f"a mean over no counted token returns {spec.empty_mean}")
+    if spec.z_loss_weighting != "weighted":
+        found.append("its z-loss is not weighted by the class weight (its mean: over counted rows)")
     if not spec.differentiable:
         found.append("forward only (no gradient)")
     if spec.options:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from properties.ce.calls import call_source, context, draw_batch, loss_of, problem_of, reproducer
+from properties.ce.calls import (
+    call_source,
+    context,
+    draw_batch,
+    loss_bound_for,
+    loss_of,
+    problem_of,
+    reproducer,
+)
 from properties.engine.checks import check_close
 from properties.engine.clause import Trial, clause, supports
 from properties.strategies import logits, row_masks
-from properties.tolerances import loss_bound
 
 
 @clause(applies=supports("none"))
@@ -31,7 +38,7 @@ def a_rows_loss_does_not_depend_on_other_rows(trial: Trial) -> None:
     together = loss_of(trial, mixed, batch.y, keywords)
     keep = kept.value.to(alone.device)
     # Both are within the row's bound of its one exact loss, so within twice it of each other.
-    bound = 2 * loss_bound(problem_of(batch))[kept.value]
+    bound = 2 * loss_bound_for(trial, problem_of(batch))[kept.value]
     check_close(
         trial,
         quantity="loss of a shared row, among other rows",

@@ -16,6 +16,7 @@ from properties.ce.calls import (
     context,
     draw_batch,
     expected_loss,
+    loss_bound_for,
     loss_of,
     problem_of,
     reproducer,
@@ -43,7 +44,7 @@ def flattened_sequences_give_the_token_weighted_mean(trial: Trial) -> None:
         quantity="loss of the flattened batch",
         actual=loss_of(trial, flat_logits, flat_target, keywords),
         expected=expected_loss(trial, problem),
-        bound=loss_bound(problem),
+        bound=loss_bound_for(trial, problem),
         context=context(batch, trial),
         reproducer=reproducer(trial, batch.source(), call, "print(loss)"),
     )
@@ -65,7 +66,7 @@ def row_order_does_not_matter(trial: Trial) -> None:
     if batch.reduction == "none":
         original = original[order.to(original.device)]
     # Both results are within the bound of the one exact value, so within twice it of each other.
-    bound = 2 * loss_bound(problem)
+    bound = 2 * loss_bound_for(trial, problem)
     if batch.reduction == "none":
         bound = bound[order]
     check_close(

@@ -42,6 +42,10 @@ class KernelSpec:
     writes_input: bool = False
     #: What reduction="mean" returns when no target is counted: "nan" (PyTorch) or "zero".
     empty_mean: Literal["nan", "zero"] = "nan"
+    #: Whether the z-loss term z·lse² is weighted by the target's class weight like the NLL
+    #: term ("weighted": the oracle's), or added unweighted, its mean over the counted rows
+    #: ("unweighted": Liger-Kernel's).
+    z_loss_weighting: Literal["weighted", "unweighted"] = "weighted"
     #: False for a forward-only kernel: gradient clauses are then not applicable.
     differentiable: bool = True
 

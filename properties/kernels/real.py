@@ -104,8 +104,10 @@ liger_cross_entropy = KernelSpec(
     fn=_liger_cross_entropy,
     name="liger_kernel.transformers.functional.liger_cross_entropy",
     writes_input=True,
-    # Liger 0.8.5 sums the per-row losses of counted rows only: no counted row gives 0.
+    # Liger 0.8.5 sums the per-row losses of counted rows only: no counted row gives 0. Its
+    # z-loss is not weighted, and its mean is over the counted rows (its source says so).
     empty_mean="zero",
+    z_loss_weighting="unweighted",
     options={"z_loss": "lse_square_scale", "softcap": "softcap"},
 )
 

@@ -1,0 +1,143 @@
+"""Meta tests of the conventions a KernelSpec declares: the expected values follow each one, and
+a correct kernel of that convention holds the clauses it touches.
+
+z-loss weighting: "weighted" (the oracle's) adds w_{y_i}·z·lse_i² per counted token and divides
+the mean by Σ w_y; "unweighted" (Liger-Kernel's) adds z·lse_i² and divides its mean by the
+counted rows. The expected values of the unweighted convention are checked against mpmath at 50
+digits (the loss) and float64 autograd of that formula (the gradient), both written here anew.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mpmath
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from properties.catalogue import BY_ID  # noqa: E402
+from properties.ce.calls import expected_gradient, expected_loss  # noqa: E402
+from properties.ce.problem import Problem  # noqa: E402
+from properties.engine.clause import Trial  # noqa: E402
+from properties.engine.kernel import KernelSpec, KernelUnderTest, resolve  # noqa: E402
+from properties.engine.runner import run_clause  # noqa: E402
+from reference import DEFAULT_IGNORE_INDEX  # noqa: E402
+
+LOGITS = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0], [4.0, 0.0, -2.0]]
+TARGETS = [2, 0, DEFAULT_IGNORE_INDEX]
+WEIGHTS = [0.25, 1.0, 4.0]
+Z = 0.125
+
+
+def unweighted_z_loss(
+    logits: Any,
+    target: Any,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight: Any = None,
+    z_loss: float = 0.0,
+) -> Any:
+    """A correct kernel of the unweighted convention, in float32 (float64 stays float64)."""
+    x = logits.float() if logits.dtype != torch.float64 else logits
+    nll = F.cross_entropy(
+        x,
+        target,
+        weight=None if weight is None else weight.to(x.dtype),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
+    counted = target != ignore_index
+    lse = torch.logsumexp(x, dim=-1)
+    per_row = torch.where(counted, z_loss * lse * lse, 0.0)
+    if reduction == "none":
+        z_part = per_row
+    elif reduction == "sum":
+        z_part = per_row.sum()
+    else:
+        z_part = per_row.sum() / counted.sum()
+    return (nll + z_part).to(logits.dtype)
+
+
+UNWEIGHTED = KernelSpec(
+    fn=unweighted_z_loss, options={"z_loss": "z_loss"}, z_loss_weighting="unweighted"
+)
+UNDECLARED = KernelSpec(fn=unweighted_z_loss, options={"z_loss": "z_loss"})
+
+
+def trial_of(spec: KernelSpec) -> Trial:
+    kernel: KernelUnderTest = resolve(spec)
+    return Trial(kernel=kernel, dtype="float32", device="cpu", data=None)  # type: ignore[arg-type]
+
+
+def problem(reduction: str) -> Problem:
+    return Problem.of(
+        torch.tensor(LOGITS, dtype=torch.float64),
+        torch.tensor(TARGETS),
+        reduction=reduction,
+        weight=torch.tensor(WEIGHTS, dtype=torch.float64),
+        z_loss=Z,
+    ).but(dtype="float32")
+
+
+def unweighted_by_mpmath(reduction: str) -> list[float]:
+    with mpmath.workdps(50):
+        rows = []
+        for row, target in zip(LOGITS, TARGETS, strict=True):
+            if target == DEFAULT_IGNORE_INDEX:
+                rows.append((mpmath.mpf(0), mpmath.mpf(0), mpmath.mpf(0)))
+                continue
+            lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in row))
+            weight = mpmath.mpf(WEIGHTS[target])
+            rows.append((weight * (lse - row[target]), weight, Z * lse**2))
+        if reduction == "none":
+            return [float(nll + z) for nll, _, z in rows]
+        nll, weights, z = (mpmath.fsum(column) for column in zip(*rows, strict=True))
+        if reduction == "sum":
+            return [float(nll + z)]
+        counted = sum(target != DEFAULT_IGNORE_INDEX for target in TARGETS)
+        return [float(nll / weights + z / counted)]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_unweighted_z_loss_is_expected_where_declared(reduction: str) -> None:
+    expected = expected_loss(trial_of(UNWEIGHTED), problem(reduction)).reshape(-1).tolist()
+    exact = unweighted_by_mpmath(reduction)
+    assert expected == pytest.approx(exact, rel=2**-50, abs=0.0)
+    # Undeclared, the oracle's weighted z-loss is expected: a different value on this input.
+    weighted = expected_loss(trial_of(UNDECLARED), problem(reduction)).reshape(-1).tolist()
+    assert weighted != pytest.approx(exact, rel=2**-20)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_unweighted_z_loss_gradient_is_expected_where_declared(reduction: str) -> None:
+    grad_output = torch.tensor([0.5, -2.0, 3.0] if reduction == "none" else 1.5)
+    x = torch.tensor(LOGITS, dtype=torch.float64, requires_grad=True)
+    loss = unweighted_z_loss(
+        x,
+        torch.tensor(TARGETS),
+        reduction=reduction,
+        weight=torch.tensor(WEIGHTS, dtype=torch.float64),
+        z_loss=Z,
+    )
+    loss.backward(grad_output.double())
+    assert x.grad is not None
+    expected = expected_gradient(trial_of(UNWEIGHTED), problem(reduction), grad_output)
+    torch.testing.assert_close(expected, x.grad, rtol=2**-40, atol=0.0)
+
+
+def test_a_kernel_of_the_unweighted_convention_holds_the_z_loss_clauses_once_declared() -> None:
+    kernel = resolve(UNWEIGHTED)
+    for clause_id in ("CE-OPTIONS", "CE-GRAD"):
+        result = run_clause(BY_ID[clause_id], kernel, dtype="float32", device="cpu", profile="ci")
+        assert result.status == "holds", result.violation.render() if result.violation else result
+
+
+def test_the_same_kernel_undeclared_fails_the_options_clause() -> None:
+    kernel = resolve(UNDECLARED)
+    result = run_clause(BY_ID["CE-OPTIONS"], kernel, dtype="float32", device="cpu", profile="ci")
+    assert result.status == "fails"
