@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from properties.engine.defaults import DTYPES as DTYPE_NAMES
 from properties.engine.dtypes import largest_finite, torch_dtype
+from properties.engine.snippet import number
 
 if TYPE_CHECKING:
     from properties.engine.kernel import KernelUnderTest
@@ -86,11 +87,10 @@ def tensor_literal(tensor: torch.Tensor) -> str:
 
 
 def _float_literals(values: Any) -> str:
+    # Written as every reproducer writes numbers (engine.snippet.number: inf, not float("inf")).
     if isinstance(values, list):
         return "[" + ", ".join(_float_literals(v) for v in values) + "]"
-    if math.isinf(values):
-        return 'float("inf")' if values > 0 else 'float("-inf")'
-    return repr(values)
+    return number(values)
 
 
 def _build(name: str, lines: Sequence[str], scope: Mapping[str, Any] | None = None) -> Drawn:

@@ -20,6 +20,7 @@ from properties.ce.oracle import oracle_gradient, oracle_loss  # noqa: E402
 from properties.ce.problem import Problem  # noqa: E402
 from properties.engine.clause import Trial, clause  # noqa: E402
 from properties.engine.dtypes import largest_finite, smallest_normal, torch_dtype  # noqa: E402
+from properties.engine.snippet import with_math_names  # noqa: E402
 from properties.strategies import (  # noqa: E402
     Batch,
     batches,
@@ -176,8 +177,8 @@ def test_reaches_tiny_logit_scales() -> None:
 def test_reproducer_rebuilds_the_batch_bit_for_bit(data: st.DataObject) -> None:
     dtype = data.draw(st.sampled_from(list(strategies.DTYPES)), label="dtype")
     batch = data.draw(batches(dtype=dtype), label="batch")
-    namespace: dict[str, object] = {"torch": torch}
-    exec(batch.source(), namespace)
+    namespace: dict[str, object] = {}
+    exec(with_math_names("import torch\n" + batch.source()), namespace)
     for name, tensor in (("logits", batch.x), ("target", batch.y)):
         rebuilt = namespace[name]
         assert isinstance(rebuilt, torch.Tensor)
