@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from properties.ce.calls import (
+    call_reproducer,
     call_source,
     context,
     draw_batch,
@@ -64,7 +65,10 @@ def _loss_under_autocast(trial: Trial, batch: Batch) -> torch.Tensor:
     with torch.no_grad(), torch.autocast(device_type, dtype=getattr(torch, AUTOCAST_DTYPE)):
         result = trial.kernel(on_device(batch.x), on_device(batch.y), **keywords)
     if not isinstance(result, torch.Tensor):
-        raise Mismatch(f"the loss is a {type(result).__name__}, not a tensor", reproducer="")
+        raise Mismatch(
+            f"the loss is a {type(result).__name__}, not a tensor",
+            reproducer=call_reproducer(trial, (batch.x, batch.y), batch.keywords()),
+        )
     return result.detach().cpu()
 
 

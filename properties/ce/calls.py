@@ -15,7 +15,7 @@ from properties.ce.problem import Problem
 from properties.engine.checks import check_close
 from properties.engine.clause import Mismatch, Trial
 from properties.engine.kernel import KernelUnderTest
-from properties.engine.snippet import program
+from properties.engine.snippet import call_snippet, program
 from properties.strategies import Batch, Drawn, batches, upstream_gradients
 from properties.tolerances import gradient_bound, loss_bound
 
@@ -75,7 +75,12 @@ def loss_of(
             target_view(_on_device(trial, target)),
             **arguments,
         )
-    return _as_tensor(result, "the loss").detach().cpu()
+
+    def reproduce() -> str:
+        views = (logits_view(logits.detach().clone()), target_view(target.detach().clone()))
+        return call_reproducer(trial, views, keywords)
+
+    return _as_tensor(result, "the loss", reproduce).detach().cpu()
 
 
 def loss_and_gradient(
@@ -96,23 +101,41 @@ def loss_and_gradient(
     leaf = _on_device(trial, logits).requires_grad_(True)
     arguments = {k: _on_device(trial, v) for k, v in keywords.items()}
     result = trial.kernel(logits_view(leaf), target_view(_on_device(trial, target)), **arguments)
-    loss = _as_tensor(result, "the loss")
+
+    def reproduce() -> str:
+        # ``logits`` itself was never handed to the kernel (a copy was): it is as drawn.
+        differentiable = logits.detach().clone().requires_grad_(True)
+        views = (logits_view(differentiable), target_view(target.detach().clone()))
+        return call_reproducer(trial, views, keywords)
+
+    loss = _as_tensor(result, "the loss", reproduce)
     if not loss.requires_grad:
         raise Mismatch(
-            "the loss does not require grad: the kernel is not differentiable", reproducer=""
+            "the loss does not require grad: the kernel is not differentiable",
+            reproducer=reproduce(),
         )
     # A copy: a backward that writes into its upstream gradient (CE-PURE's concern) must not
     # change the tensor the oracle's gradient is computed from.
     upstream = grad_output.to(device=loss.device, dtype=loss.dtype).reshape(loss.shape).clone()
     loss.backward(upstream)
     if leaf.grad is None:
-        raise Mismatch("backward() left no gradient on the logits", reproducer="")
+        raise Mismatch("backward() left no gradient on the logits", reproducer=reproduce())
     return loss.detach().cpu(), leaf.grad.detach().cpu()
 
 
-def _as_tensor(value: Any, what: str) -> torch.Tensor:
+def call_reproducer(
+    trial: Trial, arguments: tuple[torch.Tensor, ...], keywords: Mapping[str, Any]
+) -> str:
+    """The snippet of one call of the kernel on these inputs (keywords under the suite's names),
+    with its backward pass when the logits require grad."""
+    return call_snippet(
+        trial.kernel, arguments, trial.kernel.translate(keywords), device=trial.device
+    )
+
+
+def _as_tensor(value: Any, what: str, reproduce: Callable[[], str]) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise Mismatch(f"{what} is a {type(value).__name__}, not a tensor", reproducer="")
+        raise Mismatch(f"{what} is a {type(value).__name__}, not a tensor", reproducer=reproduce())
     return value
 
 

@@ -150,6 +150,22 @@ def test_a_kernel_whose_backward_raises_fails() -> None:
     assert "no gradient today" in result.violation.message
 
 
+def forward_only(logits: Any, target: Any, **options: Any) -> Any:
+    return F.cross_entropy(logits, target, **options).detach()
+
+
+def test_a_loss_that_does_not_require_grad_fails_with_a_reproducer() -> None:
+    from properties.catalogue import BY_ID
+
+    kernel = resolve(forward_only)
+    result = run_clause(BY_ID["CE-GRAD"], kernel, dtype="float32", device="cpu", profile="ci")
+    assert result.status == "fails"
+    assert result.violation is not None
+    assert "the loss does not require grad" in result.violation.message
+    # The snippet repeats the call and its backward pass, which raises the same way.
+    assert "does not require grad" in replay(result.violation.reproducer).stderr
+
+
 @pytest.mark.parametrize(
     ("returned", "problem"),
     [
