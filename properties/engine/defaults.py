@@ -20,9 +20,9 @@ DEFAULT_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16"
 
 #: Hypothesis settings per profile (deadline, database and health checks are common to all).
 #: quick: `lmloss check`'s default; a correct kernel passes every clause for float32 and bfloat16
-#:   in under two minutes on 2 CPU cores (measured with `lmloss check` on an idle 2-core
-#:   machine: PyTorch's kernel 91 s, lmloss's 84 s), and most broken kernels fail within the
-#:   first examples.
+#:   in two to three minutes on 2 CPU cores (`lmloss check`, 34 clauses, one worker: PyTorch's
+#:   kernel 142 s, lmloss's 141 s; with -j 2, PyTorch's 107 s), and most broken kernels fail
+#:   within the first examples.
 #: ci: derandomized, so a CI run is repeatable; fewer examples, because tox runs every clause for
 #:   two kernels and the whole CI must stay well under 20 minutes.
 #: thorough: at least 10,000 examples per clause, with ``hypothesis.target`` steering toward the
