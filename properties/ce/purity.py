@@ -19,8 +19,12 @@ from properties.engine.clause import Mismatch, Trial, clause
 @clause()
 def inputs_are_left_unchanged(trial: Trial) -> None:
     """After L = kernel(x, y, weight=w) and L.backward(g): x, y, w and g are unchanged (x may change only where KernelSpec.writes_input).  [CE-PURE] tol: exact"""
+    # The mean half the time: a backward that scales its upstream gradient in place by the mean's
+    # divisor (broken.scales_upstream_in_place) shows it only there, with two tokens or more.
     batch = draw_batch(
-        trial, options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap")
+        trial,
+        reductions=("mean", "sum", "mean", "none"),
+        options=("ignore_index", "label_smoothing", "weight", "z_loss", "softcap"),
     )
     inputs = {"logits": batch.x, "target": batch.y}
     if batch.weight is not None:
