@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reference import DEFAULT_IGNORE_INDEX
+
 REDUCTIONS = ("mean", "sum", "none")
 #: Logits per chunk when half-precision logits are upcast to float32: 2^24 logits, 64 MiB of
 #: float32 (512 rows of a 32,768-class vocabulary). A batch of 8 sequences of 2,048 tokens over
@@ -51,7 +53,7 @@ def cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,
@@ -85,7 +87,7 @@ def lm_loss(
     logits: Tensor,
     targets: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
 ) -> Tensor:
@@ -108,7 +110,9 @@ def lm_loss(
     return loss.reshape(B, T) if reduction == "none" else loss
 
 
-def sequence_logprob(logits: Tensor, targets: Tensor, *, ignore_index: int = -100) -> Tensor:
+def sequence_logprob(
+    logits: Tensor, targets: Tensor, *, ignore_index: int = DEFAULT_IGNORE_INDEX
+) -> Tensor:
     """log P(y_1..y_T) = Σ_t log p(y_t | x_<t) of each sequence: shape (B,).
 
     Equals minus the sum-reduced loss of each sequence; ignored targets contribute nothing.
@@ -127,7 +131,9 @@ def sequence_logprob(logits: Tensor, targets: Tensor, *, ignore_index: int = -10
     return -token_nll.reshape(B, T).sum(dim=1)
 
 
-def perplexity(logits: Tensor, targets: Tensor, *, ignore_index: int = -100) -> Tensor:
+def perplexity(
+    logits: Tensor, targets: Tensor, *, ignore_index: int = DEFAULT_IGNORE_INDEX
+) -> Tensor:
     """exp of the mean NLL over the counted tokens: the effective number of equally likely choices.
 
     Computed from the float32 mean (float64 for float64 logits), returned in that dtype.
@@ -145,7 +151,11 @@ class LMLoss(nn.Module):
     """:func:`lm_loss` as a module, configured once: ``LMLoss()(logits_BTC, targets_BT)``."""
 
     def __init__(
-        self, *, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean"
+        self,
+        *,
+        ignore_index: int = DEFAULT_IGNORE_INDEX,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         _check_options(ignore_index, reduction, label_smoothing)
@@ -179,7 +189,7 @@ def _float_cross_entropy(
     target: Tensor,
     *,
     weight: Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> Tensor:

@@ -44,9 +44,11 @@ from torch import Tensor
 from lmloss._data import ByteDataset, Corpus, python_docs_corpus, unigram_bits_per_byte
 from lmloss._loss import cross_entropy
 from lmloss._model import GPT, GPTConfig
+from reference import DEFAULT_IGNORE_INDEX
 
-#: Targets equal to this are padding: not counted, no gradient (the kernel contract's default).
-IGNORE_INDEX = -100
+#: Targets equal to this are padding: not counted, no gradient (the kernel contract's default,
+#: defined once, by the oracle).
+IGNORE_INDEX = DEFAULT_IGNORE_INDEX
 
 #: Any callable shaped like ``torch.nn.functional.cross_entropy`` (kernel contract 2).
 Criterion = Callable[..., Tensor]
