@@ -13,8 +13,6 @@ accuracy.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from properties.ce.calls import (
@@ -23,6 +21,7 @@ from properties.ce.calls import (
     context,
     draw_batch,
     expected_loss,
+    on_device,
     problem_of,
     reproducer,
 )
@@ -55,15 +54,9 @@ def _loss_under_autocast(trial: Trial, batch: Batch) -> torch.Tensor:
     """The kernel's loss on fresh copies of the inputs, called inside
     ``torch.autocast(device, dtype=torch.bfloat16)``. The dtype it returns is kept."""
     device_type = torch.device(trial.device).type
-
-    def on_device(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.detach().clone().to(trial.device)
-        return value
-
-    keywords = {key: on_device(value) for key, value in batch.keywords().items()}
+    keywords = {key: on_device(trial, value) for key, value in batch.keywords().items()}
     with torch.no_grad(), torch.autocast(device_type, dtype=getattr(torch, AUTOCAST_DTYPE)):
-        result = trial.kernel(on_device(batch.x), on_device(batch.y), **keywords)
+        result = trial.kernel(on_device(trial, batch.x), on_device(trial, batch.y), **keywords)
     if not isinstance(result, torch.Tensor):
         raise Mismatch(
             f"the loss is a {type(result).__name__}, not a tensor",

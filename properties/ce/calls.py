@@ -44,7 +44,8 @@ def problem_of(batch: Batch) -> Problem:
 # --- Calling the kernel -----------------------------------------------------------------------
 
 
-def _on_device(trial: Trial, value: Any) -> Any:
+def on_device(trial: Trial, value: Any) -> Any:
+    """A fresh copy of a tensor on the trial's device (a kernel may write into what it gets)."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone().to(trial.device)
     return value
@@ -68,11 +69,11 @@ def loss_of(
     The views map the copies to what the kernel is handed (a transpose, a slice...), so a
     layout under test reaches the kernel as it is.
     """
-    arguments = {k: _on_device(trial, v) for k, v in keywords.items()}
+    arguments = {k: on_device(trial, v) for k, v in keywords.items()}
     with torch.no_grad():
         result = trial.kernel(
-            logits_view(_on_device(trial, logits)),
-            target_view(_on_device(trial, target)),
+            logits_view(on_device(trial, logits)),
+            target_view(on_device(trial, target)),
             **arguments,
         )
 
@@ -98,9 +99,9 @@ def loss_and_gradient(
     The gradient is taken on the copy of ``logits`` through ``logits_view``, so a view's
     skipped entries must get zero.
     """
-    leaf = _on_device(trial, logits).requires_grad_(True)
-    arguments = {k: _on_device(trial, v) for k, v in keywords.items()}
-    result = trial.kernel(logits_view(leaf), target_view(_on_device(trial, target)), **arguments)
+    leaf = on_device(trial, logits).requires_grad_(True)
+    arguments = {k: on_device(trial, v) for k, v in keywords.items()}
+    result = trial.kernel(logits_view(leaf), target_view(on_device(trial, target)), **arguments)
 
     def reproduce() -> str:
         # ``logits`` itself was never handed to the kernel (a copy was): it is as drawn.

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from properties.engine.defaults import DEFAULT_DTYPES, shrinking_seconds
-from properties.engine.job import CATALOGUE, Job, find_clause
+from properties.engine.job import CATALOGUE, Job, clauses_in, find_clause
 from properties.engine.kernel import KernelSpec, KernelUnderTest, resolve
 
 if TYPE_CHECKING:
@@ -126,8 +126,7 @@ def check_device(kernel: KernelUnderTest, device: str) -> None:
 
 def select_clauses(ids: Sequence[str], catalogue: str = CATALOGUE) -> tuple[Clause, ...]:
     """Every clause of the catalogue, or those named (SpecError for an unknown ID)."""
-    module, _, attribute = catalogue.partition(":")
-    clauses: Sequence[Clause] = getattr(importlib.import_module(module), attribute)
+    clauses = clauses_in(catalogue)
     if not ids:
         return tuple(clauses)
     try:

@@ -73,10 +73,16 @@ def run_job(job: Job) -> ClauseResult:
     return job.run()
 
 
-def find_clause(catalogue: str, clause_id: str) -> Clause:
-    """The clause ``clause_id`` of the catalogue at ``module:attr`` (KeyError names the known IDs)."""
+def clauses_in(catalogue: str) -> Sequence[Clause]:
+    """The clauses of the catalogue at ``module:attr``."""
     module, _, attribute = catalogue.partition(":")
     clauses: Sequence[Clause] = getattr(importlib.import_module(module), attribute)
+    return clauses
+
+
+def find_clause(catalogue: str, clause_id: str) -> Clause:
+    """The clause ``clause_id`` of the catalogue at ``module:attr`` (KeyError names the known IDs)."""
+    clauses = clauses_in(catalogue)
     for clause in clauses:
         if clause.id == clause_id:
             return clause
