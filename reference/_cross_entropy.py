@@ -19,8 +19,9 @@ import mpmath
 from mpmath import libmp
 from mpmath.libmp import fnan, fone, fzero
 
+from reference import _fast
 from reference._batch import Batch, counted_weight, prepare
-from reference._certified import certified, certified_scalar
+from reference._certified import certified, certified_scalar, mpf_of_float
 from reference._enclosure import Enclosure
 from reference._row import Row
 from reference._validate import DEFAULT_IGNORE_INDEX
@@ -44,6 +45,7 @@ def cross_entropy(
         logits, targets, ignore_index, reduction, label_smoothing, weight, z_loss, softcap
     )
     options = batch.options
+    first = _fast_losses(batch)
     if options.reduction == "none":
         counted = set(batch.counted)
 
@@ -55,10 +57,31 @@ def cross_entropy(
                 for i in pending
             }
 
-        return certified(evaluate, len(batch.rows), "cross_entropy")
+        settled = {}
+        if first is not None:
+            settled = {i: _fast.round_interval(*loss) for i, loss in first[1].items() if loss}
+            settled.update((i, 0.0) for i in range(len(batch.rows)) if i not in counted)
+        return certified(evaluate, len(batch.rows), "cross_entropy", settled=settled)
     if options.reduction == "mean" and not batch.counted:
         return mpmath.mpf("nan")
+    if first is not None:
+        terms, losses = first
+        denominator = _fast.counted_weight(terms, batch.targets, batch.counted)
+        value = _fast.reduce(losses, options.reduction, denominator)
+        if value is not None:
+            return mpf_of_float(value)
     return certified_scalar(lambda bits: _reduced_loss(batch, bits), "cross_entropy")
+
+
+def _fast_losses(
+    batch: Batch,
+) -> tuple[_fast.LossTerms, dict[int, _fast.Interval | None]] | None:
+    """Each counted row's loss from the integer first step (None where it does not apply)."""
+    options = batch.options
+    if options.softcap is not None or not _fast.enabled():
+        return None
+    terms = _fast.LossTerms(batch.classes, options.smoothing, options.z_loss, options.weight)
+    return terms, _fast.row_losses(batch.rows, batch.targets, batch.counted, terms)
 
 
 def _reduced_loss(batch: Batch, bits: int) -> Enclosure:

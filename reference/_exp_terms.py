@@ -74,14 +74,19 @@ class ExpTerms:
         b = (fixed >> (fraction_bits - 8)) & 255
         c = (fixed >> (fraction_bits - 16)) & 255
         sigma = fixed & self._sigma_mask
-        one = self._one
-        poly = one
-        for k in range(self._taylor_terms, 0, -1):
-            poly = one - ((sigma * poly) >> fraction_bits) // k
         significand, exponent = self.whole(a)
-        significand = (significand * self._byte_tables[0][b]) >> guard
-        significand = (significand * self._byte_tables[1][c]) >> guard
-        significand = (significand * poly) >> guard
+        # A zero byte or σ = 0 contributes the factor exactly 1 (2^G / 2^G): skipped, exactly.
+        # Logits of few significant bits (bfloat16, float16) leave σ = 0 in most terms.
+        if b:
+            significand = (significand * self._byte_tables[0][b]) >> guard
+        if c:
+            significand = (significand * self._byte_tables[1][c]) >> guard
+        if sigma:
+            one = self._one
+            poly = one
+            for k in range(self._taylor_terms, 0, -1):
+                poly = one - ((sigma * poly) >> fraction_bits) // k
+            significand = (significand * poly) >> guard
         return significand, exponent
 
 

@@ -27,7 +27,7 @@ import mpmath
 from mpmath import libmp
 from mpmath.libmp import fone, fzero
 
-from reference import _validate
+from reference import _fast, _validate
 from reference._batch import Batch, counted_weight, prepare, smoothing_share
 from reference._certified import certified
 from reference._enclosure import Enclosure
@@ -69,15 +69,36 @@ def cross_entropy_grad(
         for i in batch.counted:
             gradient[i] = [mpmath.mpf("nan")] * batch.classes
         return gradient
+    first_step = None
+    if options.softcap is None and _fast.enabled():
+        first_step = _fast.LossTerms(
+            batch.classes, options.smoothing, options.z_loss, options.weight
+        )
     for i in batch.counted:
         if options.z_loss != 0 and options.softcap is None and math.inf in batch.rows[i]:
             raise ValueError(f"logits[{i}] holds +inf: with z_loss its gradient is undefined")
         numerator = upstream[0] if options.reduction != "none" else upstream[i]
-        gradient[i] = _row_gradient(batch, i, libmp.from_float(numerator), denominator)
+        settled = None
+        if first_step is not None:
+            settled = _fast.row_gradient(
+                first_step,
+                batch.rows[i],
+                batch.targets[i],
+                numerator,
+                _fast.dyadic_of(denominator),
+            )
+        gradient[i] = _row_gradient(batch, i, libmp.from_float(numerator), denominator, settled)
     return gradient
 
 
-def _row_gradient(batch: Batch, i: int, numerator: MPF, denominator: MPF) -> list[mpmath.mpf]:
+def _row_gradient(
+    batch: Batch,
+    i: int,
+    numerator: MPF,
+    denominator: MPF,
+    settled: list[float | None] | None = None,
+) -> list[mpmath.mpf]:
+    """The row's elements; those ``settled`` by the integer first step are taken as they are."""
     constants: dict[int, _RowConstants] = {}
 
     def evaluate(bits: int, pending: Sequence[int]) -> dict[int, Enclosure]:
@@ -88,7 +109,12 @@ def _row_gradient(batch: Batch, i: int, numerator: MPF, denominator: MPF) -> lis
         row_constants = constants[bits]
         return {j: row_constants.element(j) for j in pending}
 
-    return certified(evaluate, batch.classes, "cross_entropy_grad")
+    return certified(
+        evaluate,
+        batch.classes,
+        "cross_entropy_grad",
+        settled=dict(enumerate(settled)) if settled is not None else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,15 @@ def precision(bits: int) -> Iterator[None]:
         _start_bits.reset(token)
 
 
+def fast_path_enabled() -> bool:
+    """Whether the integer first step (_fast.py) may settle results: only at the default start.
+
+    Started elsewhere (``precision(2000)``), the oracle runs its general path alone, which is how
+    the tests check the first step against it.
+    """
+    return _start_bits.get() == DEFAULT_START_BITS
+
+
 def working_precisions() -> Iterator[int]:
     """The precisions to try, in order: the scoped start, doubled, and MAX_BITS last."""
     bits = _start_bits.get()

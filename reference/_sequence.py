@@ -9,8 +9,8 @@ from typing import Any
 import mpmath
 from mpmath import libmp
 
-from reference import _validate
-from reference._certified import certified, certified_scalar
+from reference import _fast, _validate
+from reference._certified import certified, certified_scalar, mpf_of_float
 from reference._enclosure import Enclosure
 from reference._row import Row
 
@@ -49,7 +49,23 @@ def token_nll(row: Sequence[float], target: Any) -> mpmath.mpf:
 def sequence_logprob(logits: Sequence[Sequence[float]], targets: Sequence[int]) -> mpmath.mpf:
     """log P(y_1..y_N) = Σ_t log p(y_t | x_<t), correctly rounded."""
     rows, ts = _sequence(logits, targets)
+    settled = _fast_logprob(rows, ts)
+    if settled is not None:
+        return mpf_of_float(settled)
     return certified_scalar(lambda bits: _neg_total_nll(rows, ts, bits), "sequence_logprob")
+
+
+def _fast_logprob(rows: list[list[float]], targets: list[int]) -> float | None:
+    """−Σ_t nll_t from the integer first step (_fast.py), where it decides the rounding."""
+    if not _fast.enabled():
+        return None
+    lo = hi = scale = 0
+    for r, t in zip(rows, targets, strict=True):
+        nll = _fast.negative_log_likelihood(r, t)
+        if nll is None:
+            return None
+        lo, hi, scale = _fast.add((lo, hi, scale), nll)
+    return _fast.round_interval(-hi, -lo, scale)
 
 
 def sequence_prob(logits: Sequence[Sequence[float]], targets: Sequence[int]) -> mpmath.mpf:

@@ -29,12 +29,14 @@ def row(values: Any, where: str = "row") -> list[float]:
     """A row of logits as floats: not empty, no NaN (±inf allowed)."""
     if isinstance(values, (str, bytes)) or not _iterable(values):
         raise TypeError(f"{where} must be a sequence of numbers, got {type(values).__name__}")
-    floats = [_number(v, f"{where}[{j}]") for j, v in enumerate(values)]
+    floats = list(values)
+    if set(map(type, floats)) != {float}:  # the common case is checked without a Python loop
+        floats = [_number(v, f"{where}[{j}]") for j, v in enumerate(floats)]
     if not floats:
         raise ValueError(f"{where} is empty: a softmax needs at least one class")
-    for j, v in enumerate(floats):
-        if v != v:
-            raise ValueError(f"{where}[{j}] is NaN")
+    if any(map(math.isnan, floats)):
+        j = next(j for j, v in enumerate(floats) if v != v)
+        raise ValueError(f"{where}[{j}] is NaN")
     return floats
 
 
