@@ -134,6 +134,9 @@ def _divide(interval: Interval, divisor: int, extra_bits: int) -> Interval:
 
 
 _ZERO: Interval = (0, 0, 0)
+#: Terms left out of S are bounded by 2^-a with a capped here: 2^-4096 of anything that reaches
+#: float64 still rounds to nothing, and the integers stay small.
+_DROPPED_WHOLE_CAP = 4096
 
 
 # ---- rows -------------------------------------------------------------------------------------
@@ -154,6 +157,8 @@ class FixedRow:
         "total",
         "log_total",
         "gap_sum",
+        "kept_high",
+        "dropped",
     )
 
     def __init__(self, values: Sequence[float]) -> None:
@@ -230,8 +235,14 @@ class FixedRow:
             shift = exponent - base
             lo += term_lo << shift
             hi += term_hi << shift
+        self.kept_high = hi
+        #: (how many terms were left out, a lower bound on their ⌊m − x_j⌋), for a finer bound
+        #: on them than S carries: each is below e^-a ≤ 2^-a.
+        self.dropped: tuple[int, int] | None = None
         if len(kept) < count:
             hi += (hi >> (FAST_BITS + 8)) + 1
+            wholes = [arguments[j] >> fraction_bits for j in self.finite]
+            self.dropped = (count - len(kept), min(a for a in wholes if a > cut))
         return lo, hi, base
 
     def argument(self, j: int) -> Interval:
@@ -335,6 +346,13 @@ def fixed_row(values: Sequence[float]) -> FixedRow | None:
         _, evicted = _cache.popitem(last=False)
         _cached_elements -= len(evicted.values)
     return row
+
+
+def clear_cache() -> None:
+    """Forget every cached row (the benchmarks time rows computed afresh)."""
+    global _cached_elements
+    _cache.clear()
+    _cached_elements = 0
 
 
 def enabled() -> bool:
@@ -551,11 +569,12 @@ def row_gradient(
     k_scale = n_scale - d_scale - extra
     up = (up_man, up_exp, den_man, den_exp)
 
-    # c·B_j on one grid, 2^offset_scale (as coarse as the coarsest product K·e_j)
+    # c·B_j, each on a grid at least as fine as the coarsest product K·e_j (2^(k_scale − G))
+    # and fine enough to hold it to Q + 24 bits.
     offset_scale = k_scale - _GUARD_BITS
-    offsets: dict[tuple[bool, int], tuple[int, int]] = {}
+    offsets: dict[tuple[bool, int], tuple[int, int, int]] = {}
 
-    def offset(is_target: bool, j: int) -> tuple[int, int]:
+    def offset(is_target: bool, j: int) -> tuple[int, int, int]:
         w_j = terms.weight_of(j) if eps_man else (0, 0)
         key = (is_target, w_j[0] if terms.weight_ints is not None else 0)
         cached = offsets.get(key)
@@ -568,13 +587,15 @@ def row_gradient(
                 product = eps_man * w_j[0]
                 part = add(part, (product, product, eps_exp + w_j[1]))
             numerator, _, scale = _times(part, up_man, up_exp)
-            shift = scale - den_exp - offset_scale
             divisor = den_man * classes
+            magnitude = abs(numerator).bit_length() - divisor.bit_length() + scale - den_exp
+            grid = min(offset_scale, magnitude - FAST_BITS - 24)
+            shift = scale - den_exp - grid
             if shift >= 0:
                 shifted = numerator << shift
             else:
                 shifted, divisor = numerator, divisor << -shift
-            cached = offsets[key] = (shifted // divisor, -(-shifted // divisor))
+            cached = offsets[key] = (shifted // divisor, -(-shifted // divisor), grid)
         return cached
 
     k_bound = max(abs(k_lo), abs(k_hi))
@@ -592,19 +613,23 @@ def row_gradient(
             if not needs_offset:
                 gradient.append(0.0)
                 continue
-            b_lo, b_hi = offset(is_target, j)
-            gradient.append(round_interval(-b_hi, -b_lo, offset_scale))
+            b_lo, b_hi, b_scale = offset(is_target, j)
+            gradient.append(round_interval(-b_hi, -b_lo, b_scale))
             continue
-        if arguments[j] >> FRACTION_BITS >= negligible:
-            # e_j < e^-a ≤ 2^-a with a = ⌊m − x_j⌋ ≥ bits(K) + G: K·e_j lies within one unit of
-            # the grid of c·B_j, or (without B_j) within [min(K, 0), max(K, 0)]·2^-a.
-            whole = arguments[j] >> FRACTION_BITS
+        whole = arguments[j] >> FRACTION_BITS
+        if needs_offset:
+            b_lo, b_hi, b_scale = offset(is_target, j)
+            below_grid = whole >= k_bound.bit_length() + k_scale - b_scale
+        else:
+            below_grid = whole >= negligible
+        if below_grid:
+            # e_j < e^-a ≤ 2^-a with a = ⌊m − x_j⌋: K·e_j lies within [min(K, 0), max(K, 0)]·2^-a,
+            # which is within one unit of c·B_j's grid when a ≥ bits(K) + k_scale − b_scale.
             low, high = (-1 if k_lo < 0 else 0), (1 if k_hi > 0 else 0)
             if not needs_offset:
                 gradient.append(round_interval(low * k_bound, high * k_bound, k_scale - whole))
-                continue
-            b_lo, b_hi = offset(is_target, j)
-            gradient.append(round_interval(low - b_hi, high - b_lo, offset_scale))
+            else:
+                gradient.append(round_interval(low - b_hi, high - b_lo, b_scale))
             continue
         e_lo, e_hi, e_exp = row.term_bounds(j)
         if k_lo >= 0:
@@ -617,9 +642,14 @@ def row_gradient(
         if not needs_offset:
             gradient.append(round_interval(p_lo, p_hi, p_scale))
             continue
-        shift = p_scale - offset_scale  # ≤ 0 (e_j ≤ 1), and above −1.5·negligible bits
-        b_lo, b_hi = offset(is_target, j)
-        b_lo, b_hi = b_lo << -shift, b_hi << -shift
+        # Line the two up on the finer grid (both shifts are bounded: a is below the threshold
+        # above, and c·B_j's grid is at most Q + 24 bits finer than its magnitude).
+        if p_scale >= b_scale:
+            shift = p_scale - b_scale
+            p_lo, p_hi, p_scale = p_lo << shift, p_hi << shift, b_scale
+        else:
+            shift = b_scale - p_scale
+            b_lo, b_hi = b_lo << shift, b_hi << shift
         gradient.append(round_interval(p_lo - b_hi, p_hi - b_lo, p_scale))
     return gradient
 
@@ -652,16 +682,20 @@ def _top_target_element(
         head = add(head, (-eps_man * w_man, -eps_man * w_man, eps_exp + w_exp))
     h_lo, h_hi, h_scale = _times(head, up_man, up_exp)
     divisor = den_man * classes
-    s_lo, s_hi, s_exp = row.total
+    s_lo, _, s_exp = row.total
     one = 1 << -s_exp
-    r_lo, r_hi = s_lo - one, s_hi - one  # R_t ≥ 0
+    rest: Interval = (s_lo - one, row.kept_high - one, s_exp)  # R_t ≥ 0, the kept terms
+    if row.dropped is not None:  # and the others, each below 2^-a (a capped: still a bound)
+        count, whole = row.dropped
+        rest = add(rest, (0, count, -min(whole, _DROPPED_WHOLE_CAP)))
+    r_lo, r_hi, r_exp = rest
     if k_lo >= 0:
         p_lo, p_hi = k_lo * r_lo, k_hi * r_hi
     elif k_hi <= 0:
         p_lo, p_hi = k_lo * r_hi, k_hi * r_lo
     else:
         p_lo, p_hi = k_lo * r_hi, k_hi * r_hi
-    scale = k_scale + s_exp
+    scale = k_scale + r_exp
     if not h_lo and not h_hi:
         return round_interval(-p_hi, -p_lo, scale)
     shift = h_scale - den_exp - scale
