@@ -50,8 +50,9 @@ _TABLE = exp_terms(FAST_BITS)
 FRACTION_BITS = _TABLE.fraction_bits
 _GUARD_BITS = _TABLE.guard_bits
 _LOG_PREC = FAST_BITS + 16
-#: Rows kept in the cache, counted in logits (a FixedRow holds a few integers per logit).
-CACHE_ELEMENTS = 1 << 21
+#: Rows kept in the cache, counted in logits (about 400 bytes each once the gradient has used
+#: a row: 2^20 logits hold about 400 MB).
+CACHE_ELEMENTS = 1 << 20
 _SMALLEST_NORMAL = 2.2250738585072014e-308
 #: |n|·2^scale < 2^-1075 when bits(n) + scale ≤ −1075: such a value rounds to 0.
 _ZERO_MAGNITUDE = -1075
