@@ -74,10 +74,17 @@ def cross_entropy_grad(
         first_step = _fast.LossTerms(
             batch.classes, options.smoothing, options.z_loss, options.weight
         )
+    # A row repeated with the same target and upstream value has the same gradient row: a tall
+    # batch of a few distinct rows costs a few rows (the mpf results are immutable, so shared).
+    repeated: dict[tuple[tuple[float, ...], int, float], list[mpmath.mpf]] = {}
     for i in batch.counted:
         if options.z_loss != 0 and options.softcap is None and math.inf in batch.rows[i]:
             raise ValueError(f"logits[{i}] holds +inf: with z_loss its gradient is undefined")
         numerator = upstream[0] if options.reduction != "none" else upstream[i]
+        key = (tuple(batch.rows[i]), batch.targets[i], numerator)
+        if key in repeated:
+            gradient[i] = list(repeated[key])
+            continue
         settled = None
         if first_step is not None:
             settled = _fast.row_gradient(
@@ -88,6 +95,7 @@ def cross_entropy_grad(
                 _fast.dyadic_of(denominator),
             )
         gradient[i] = _row_gradient(batch, i, libmp.from_float(numerator), denominator, settled)
+        repeated[key] = gradient[i]
     return gradient
 
 
