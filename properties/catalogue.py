@@ -20,8 +20,10 @@ from properties.ce import (
     invariance,
     layout,
     masking,
+    offset,
     purity,
     reshape,
+    scale,
     value,
 )
 from properties.engine.clause import Clause
@@ -34,7 +36,9 @@ CROSS_ENTROPY_SECTIONS = (
     averaging,
     independence,
     invariance,
+    offset,
     extremes,
+    scale,
     masking,
     layout,
     purity,

@@ -178,18 +178,29 @@ def token_losses(problem: Problem) -> torch.Tensor:
 def token_loss_bounds(problem: Problem) -> torch.Tensor:
     """(N,) bounds on each token's loss error, 0 for ignored tokens (they are exactly 0)."""
     rows = _rows(problem)
+    # −log p_j = lse − x_j: the log-sum-exp's error, and the row's values a kernel may keep in
+    # the storage dtype; the same for every class of the row.
+    row_error = rows.lse_error + _kept_lse_error(problem, rows)
+    return _token_bounds(problem, rows, row_error[:, None].expand_as(rows.log_probs))
+
+
+def _token_bounds(problem: Problem, rows: _Rows, class_error: torch.Tensor) -> torch.Tensor:
+    """(N,) per-token bounds, given ``class_error`` (N, C): a bound on the error of each −log p_ij
+    as computed in the working dtype, before its last subtraction and the roundings to storage."""
     u_s = storage_roundoff(problem.dtype)
     eps, c = problem.label_smoothing, problem.classes
     w_y = _target_weights(problem)
     nll = _target_nll(problem, rows)
-    # −log p_y = lse − x_y: the log-sum-exp's error, one subtraction in u_w, and up to two
-    # roundings to the storage dtype (PyTorch keeps log p_y there, then multiplies by w_y).
-    nll_error = rows.lse_error + _kept_lse_error(problem, rows) + (WORKING + 2 * u_s) * nll
-    # Label smoothing's Σ_j w_j·(−log p_j): each term carries the log-sum-exp's error and its
-    # own roundings; the sum over C classes is in float32 ((C − 1)·u_w relative), then stored.
+    safe_target = torch.where(problem.counted, problem.target, 0)
+    target_error = class_error.gather(1, safe_target[:, None])[:, 0]
+    # −log p_y: its error in the working dtype, one subtraction in u_w, and up to two roundings
+    # to the storage dtype (PyTorch keeps log p_y there, then multiplies by w_y).
+    nll_error = target_error + (WORKING + 2 * u_s) * nll
+    # Label smoothing's Σ_j w_j·(−log p_j): each term carries its error and its own roundings;
+    # the sum over C classes is in float32 ((C − 1)·u_w relative), then stored.
     finite = torch.isfinite(rows.log_probs)
     magnitudes = torch.where(finite, -rows.log_probs, 0.0) * _weights(problem)
-    smooth_error = _weights(problem).sum() * (rows.lse_error + _kept_lse_error(problem, rows))
+    smooth_error = (torch.where(finite, class_error, 0.0) * _weights(problem)).sum(1)
     smooth_error = smooth_error + magnitudes.sum(1) * (c * WORKING + 2 * u_s)
     losses = token_losses(problem)
     # z-loss z·w_y·lse²: a lse error δ moves lse² by 2|lse|·δ; squaring, scaling and storing
@@ -210,7 +221,11 @@ def token_loss_bounds(problem: Problem) -> torch.Tensor:
 
 def loss_bound(problem: Problem) -> torch.Tensor:
     """Bound on the loss error for the problem's reduction: (N,) for "none", else a 0-d tensor."""
-    per_token = token_loss_bounds(problem)
+    return _reduced_bound(problem, token_loss_bounds(problem))
+
+
+def _reduced_bound(problem: Problem, per_token: torch.Tensor) -> torch.Tensor:
+    """The bound of the problem's reduction over tokens whose own errors are within ``per_token``."""
     if problem.reduction == "none":
         return per_token
     losses = token_losses(problem)
@@ -234,6 +249,52 @@ def loss_bound(problem: Problem) -> torch.Tensor:
         + (accumulation + 4 * u_s) * mean.abs()
         + SMALLEST_NORMAL[problem.dtype]
     )
+
+
+def offset_loss_bound(problem: Problem) -> torch.Tensor:
+    """Bound on the loss error of a kernel that works relative to the row's maximum, for the
+    problem's reduction: (N,) for "none", else a 0-d tensor. Without the u_w·|lse| of
+    :func:`loss_bound`, so it tells such a kernel from one that forms lse = m + log S first.
+
+    Per token, ℓ = lse − x_y = log S − (x_y − m), with S = Σ_j exp(x_j − m). A correct float32
+    kernel computes, in u_w:
+      d_j = x_j − m: exact (Sterbenz) when x_j and m are within a factor 2 of each other, as
+        under a large common offset; otherwise one rounding, u_w·|x_j − m| ≤ u_w·R;
+      exp(d_j), the sum of C terms in any order, an online max's rescalings: S within
+        (2C + 2R)·u_w relative, as in :func:`_rows`;
+      log S: that relative error becomes absolute, plus log's rounding u_w·log S ≤ u_w·log C;
+      log S − d_y: d_y's own rounding u_w·|x_y − m|, and the subtraction's u_w·ℓ;
+      four more u_w for exp's and log's own errors.
+    It may keep S, log S or 1/S in the storage dtype (u_s each, u_s·log S for log S itself:
+    ``u_s·(2 + log S)``, which is at most u_s·(2 + ℓ), as log S ≤ ℓ), and must not keep lse:
+    u_s·|lse| is what this bound leaves out. The roundings of −log p_y to the storage dtype, the
+    weight, label smoothing's sum, the output and the reduction are those of :func:`loss_bound`
+    (per class: the same terms with x_j in place of x_y). Nothing here grows with |m|: a common
+    offset c moves |lse| by |c| and leaves every other magnitude as it was.
+
+    A kernel that forms lse = fl(m + log S) first (PyTorch issue 38839's class; Liger-Kernel's
+    formula) rounds it to float32's grid at |m|: an error up to u_w·|m| (half an ulp), which
+    x_y's exact subtraction keeps. Against this bound that is up to |m|/(2C + 3R + log C + 4)
+    (R ≥ |x_y − m|), on a row whose log S is not on that grid: at |m| ≈ 2^20, about 7·10^4 for
+    C = 2 and R = 2 (measured: 6.3·10^4), 116 for C = 4096 and R = 256; at |m| = 2^10 and
+    C ≳ 512 it hides. In bfloat16 it shows only where u_w·|m| passes the output's rounding,
+    u_s·(2 + log S + 5ℓ): |m| ≳ 2^18 and a small loss (a row tied at its top: ℓ = log 2 at 2^20 is
+    rounded to 0.75, 2.2 times the bound).
+
+    z-loss (z·lse²) needs lse itself and a soft cap changes the logits: neither is covered.
+    """
+    if problem.z_loss or problem.softcap is not None:
+        raise ValueError("the offset bound covers the NLL and label smoothing, not z-loss/softcap")
+    rows = _rows(problem)
+    u_s = storage_roundoff(problem.dtype)
+    c = problem.classes
+    finite = torch.isfinite(problem.logits)
+    # |x_j − m| per class; log S = lse − m (in float64: 2^-53·|lse| is far below any u here).
+    below_peak = torch.where(finite, rows.peak[:, None] - problem.logits, 0.0)
+    log_sum = torch.where(torch.isfinite(rows.peak), rows.lse - rows.peak, 0.0)
+    row_error = WORKING * (2 * c + 2 * rows.spread + math.log(c) + 4) + u_s * (2 + log_sum)
+    class_error = row_error[:, None] + WORKING * below_peak
+    return _reduced_bound(problem, _token_bounds(problem, rows, class_error))
 
 
 def perplexity_bound(problem: Problem) -> torch.Tensor:
@@ -400,6 +461,7 @@ def bits_per_byte_bound(bits: float) -> float:
 #: Every tolerance by the key a clause's docstring names after ``tol:``.
 TOLERANCES: Mapping[str, Callable[..., torch.Tensor]] = {
     "loss": loss_bound,
+    "offset_loss": offset_loss_bound,
     "perplexity": perplexity_bound,
     "gradient": gradient_bound,
     "gradient_row_sum": gradient_row_sum_bound,

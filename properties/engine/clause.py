@@ -63,6 +63,10 @@ class Clause(ClauseInfo):
     applies: Callable[[KernelUnderTest], str | None] = field(
         repr=False, default=lambda kernel: None
     )
+    #: At most this many Hypothesis examples per run, whatever the profile allows; None: the
+    #: profile's count. For clauses each of whose examples is expensive by design (CE-LARGE-VOCAB
+    #: draws hundreds of thousands of logits per example).
+    max_examples: int | None = None
 
     def info(self) -> ClauseInfo:
         return ClauseInfo(self.id, self.title, self.equation, self.tolerance, self.contract)
@@ -149,8 +153,13 @@ class Mismatch(Exception):
         self.details = details
 
 
-def clause(*, applies: Applicability | None = None) -> Callable[[Callable[[Trial], None]], Clause]:
-    """Make a clause of a test function; ``applies`` says why a kernel is out of its scope."""
+def clause(
+    *, applies: Applicability | None = None, max_examples: int | None = None
+) -> Callable[[Callable[[Trial], None]], Clause]:
+    """Make a clause of a test function; ``applies`` says why a kernel is out of its scope;
+    ``max_examples`` caps the examples of every run below the profile's count (Clause.max_examples)."""
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be at least 1, not {max_examples}")
 
     def make(test: Callable[[Trial], None]) -> Clause:
         match = _DOCSTRING.match((test.__doc__ or "").strip())
@@ -183,6 +192,7 @@ def clause(*, applies: Applicability | None = None) -> Callable[[Callable[[Trial
             contract=contract.name,
             test=run,
             applies=applies or always,
+            max_examples=max_examples,
         )
 
     return make

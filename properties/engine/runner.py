@@ -68,14 +68,18 @@ class ClauseResult:
     warnings: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def hypothesis_settings(profile: str) -> Any:
-    """The ``hypothesis.settings`` of a profile."""
+def hypothesis_settings(profile: str, *, max_examples: int | None = None) -> Any:
+    """The ``hypothesis.settings`` of a profile; ``max_examples`` caps its example count (a
+    clause's own cap, Clause.max_examples)."""
     from hypothesis import HealthCheck, Verbosity, settings
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
+    chosen = dict(PROFILES[profile])
+    if max_examples is not None:
+        chosen["max_examples"] = min(chosen["max_examples"], max_examples)
     return settings(
-        **PROFILES[profile],
+        **chosen,
         # The suite itself reports the shrunk example; Hypothesis's own printing would repeat it.
         verbosity=Verbosity.quiet,
         # A kernel and the arbitrary-precision oracle on thousands of classes take time on
@@ -136,7 +140,7 @@ def run_clause(
     #: When the first failing example ended: shrinking starts there.
     first_failure_at: float | None = None
 
-    @hypothesis_settings(profile)
+    @hypothesis_settings(profile, max_examples=clause.max_examples)
     @given(st.data())
     def example(data: Any) -> None:
         nonlocal worst_ratio, examples, failed, first_failure_at

@@ -94,6 +94,27 @@ def global_max_subtraction(
     return _reduce_rows(lse, x, target, ignore_index, reduction).to(logits.dtype)
 
 
+def lse_then_subtract_target(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+) -> Tensor:
+    """The loss as lse(x) − x_y, with lse = m + log Σ exp(x − m) formed first in float32: under a
+    large common offset c (every logit x_j = z_j + c) lse rounds to float32's grid at |c|, an
+    error of up to u·|lse|, which the exact subtraction of x_y keeps. The bug class of PyTorch's
+    CUDA log_softmax before pytorch/pytorch#38839 was fixed (it computed x − (max + log sum); the
+    fix, PR 38945, computes x − max − log sum), of pytorch#11752 on the CPU, and Liger-Kernel's
+    formula (loss = lse − x_y). It is within the general loss bound, which allows u·|lse|.
+
+    Caught by: CE-OFFSET
+    """
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=1)  # BUG: m + log S rounded at |m|; then x_y is subtracted
+    return _reduce_rows(lse, x, target, ignore_index, reduction).to(logits.dtype)
+
+
 def label_smoothing_counts_ignored_rows(
     logits: Tensor,
     target: Tensor,
@@ -537,3 +558,91 @@ def bf16_loss_returned_as_float32(
             logits.to(torch.bfloat16), target, ignore_index=ignore_index, reduction=reduction
         )
     return loss.float()  # BUG: a bfloat16 value in float32's clothing
+
+
+#: CUDA's limit on the y and z dimensions of a launch grid, in blocks.
+_GRID_LIMIT = 65_535
+
+
+def drops_rows_past_65535(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+) -> Tensor:
+    """A launch grid capped at 65,535 blocks of one row each (CUDA's limit on grid y and z):
+    rows 65,535 and later are never computed, so their loss and gradient stay zero, and the mean
+    still divides by every counted row.
+
+    Caught by: CE-TALL-BATCH
+    """
+    reached = logits[:_GRID_LIMIT]  # BUG: the grid is (min(N, 65535),); the rest stays zero
+    losses = F.cross_entropy(
+        reached, target[:_GRID_LIMIT], ignore_index=ignore_index, reduction="none"
+    )
+    losses = torch.cat([losses, losses.new_zeros(logits.shape[0] - reached.shape[0])])
+    return _reduce(losses, target != ignore_index, reduction)
+
+
+#: Classes per block of an online softmax over the vocabulary (Liger-Kernel, flash-attention).
+_VOCAB_BLOCK = 32_768
+
+
+def no_rescale_between_vocab_blocks(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+) -> Tensor:
+    """An online softmax over blocks of 32,768 classes that forgets to rescale its running sum
+    when the running maximum grows: s + Σ_block exp(x − m_new) where s·exp(m_old − m_new) +
+    Σ_block exp(x − m_new) is right. The backward pass takes the softmax from the saved lse, as
+    fused kernels do, so the gradient is wrong too. Exact whenever the first block holds the
+    row's largest logit, so on every vocabulary of up to 32,768 classes.
+
+    Caught by: CE-LARGE-VOCAB
+    """
+    result: Tensor = _NoRescaleBetweenBlocks.apply(logits, target, ignore_index, reduction)
+    return result
+
+
+class _NoRescaleBetweenBlocks(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, logits: Tensor, target: Tensor, ignore_index: int, reduction: str
+    ) -> Tensor:
+        x = logits.float()
+        peak = x.new_full((x.shape[0],), -torch.inf)
+        total = x.new_zeros(x.shape[0])
+        for block in x.split(_VOCAB_BLOCK, dim=1):
+            new_peak = torch.maximum(peak, block.amax(dim=1))
+            # BUG: total·exp(peak − new_peak) is what the earlier blocks contribute.
+            total = total + (block - _finite(new_peak)[:, None]).exp().sum(dim=1)
+            peak = new_peak
+        # Relative to the row's maximum: ℓ = log S − (x_y − m), never lse = m + log S first.
+        shifted = x - _finite(peak)[:, None]
+        log_total = total.log()
+        counted = target != ignore_index
+        stand_in = torch.where(counted, target, 0)
+        nll = log_total - shifted.gather(1, stand_in[:, None])[:, 0]
+        losses = torch.where(counted, nll, 0.0)
+        row_grads = (shifted - log_total[:, None]).exp() - F.one_hot(stand_in, x.shape[1])
+        row_grads = torch.where(counted[:, None], row_grads, 0.0)
+        if reduction == "mean":
+            row_grads = row_grads / counted.sum().clamp(min=1)  # no counted row: zero, as PyTorch
+        ctx.save_for_backward(row_grads)
+        ctx.dtype = logits.dtype
+        return _reduce(losses, counted, reduction).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        (row_grads,) = ctx.saved_tensors
+        return _times_upstream(row_grads, grad_output).to(ctx.dtype), None, None, None
+
+
+def _finite(peak: Tensor) -> Tensor:
+    """A row's running maximum, 0 while it is −inf (every logit so far masked), so that
+    subtracting it from −inf logits gives −inf, not NaN."""
+    return torch.where(peak.isfinite(), peak, 0.0)

@@ -16,10 +16,12 @@ from hypothesis import strategies as st  # noqa: E402
 
 from properties import strategies  # noqa: E402
 from properties.catalogue import CLAUSES, CROSS_ENTROPY_SECTIONS  # noqa: E402
+from properties.ce import scale  # noqa: E402
 from properties.ce.oracle import oracle_gradient, oracle_loss  # noqa: E402
 from properties.ce.problem import Problem  # noqa: E402
 from properties.engine.clause import Trial, clause  # noqa: E402
 from properties.engine.dtypes import largest_finite, smallest_normal, torch_dtype  # noqa: E402
+from properties.engine.runner import hypothesis_settings  # noqa: E402
 from properties.engine.snippet import with_math_names  # noqa: E402
 from properties.strategies import (  # noqa: E402
     Batch,
@@ -395,3 +397,87 @@ def test_every_layout_shows_the_values_through_a_non_contiguous_view() -> None:
         shown = layout.view(layout.store(target))
         values = target[:1].expand(5) if layout.shared_rows else target
         assert torch.equal(shown, values) and not shown.is_contiguous(), layout.name
+
+
+# --- Scale: LLM vocabularies and batches past the grid limit ------------------------------------
+
+
+def test_the_ci_profile_draws_every_llm_vocabulary_and_a_batch_past_65536_rows() -> None:
+    """What CE-LARGE-VOCAB and CE-TALL-BATCH draw in a ci run (their own cap on examples): every
+    size of the list and an odd one just past each block in every example, and N > 2^16 rows."""
+    drawn: list[tuple[tuple[int, ...], int]] = []
+
+    @hypothesis_settings("ci", max_examples=scale.LARGE_VOCAB_EXAMPLES)
+    @given(scale.llm_vocabulary_sizes(), scale.tall_batches(dtype="float32"))
+    def record(sizes: tuple[int, ...], tall: Batch) -> None:
+        drawn.append((sizes, tall.x.shape[0]))
+
+    record()
+    assert len(drawn) == min(scale.LARGE_VOCAB_EXAMPLES, scale.TALL_BATCH_EXAMPLES)
+    for sizes, rows in drawn:
+        assert set(scale.LLM_VOCABULARIES) <= set(sizes) and list(sizes) == sorted(sizes)
+        for block in scale.VOCAB_BLOCKS:
+            (past,) = [c for c in sizes if block < c < block + 2048]
+            assert past % 2 == 1
+        assert rows > 2**16
+
+
+@settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_large_vocab_batches_put_the_largest_logit_in_a_late_block(data: st.DataObject) -> None:
+    dtype = data.draw(st.sampled_from(["float32", "bfloat16"]), label="dtype")
+    sizes = data.draw(scale.llm_vocabulary_sizes(), label="sizes")
+    size = data.draw(st.sampled_from(sizes[1:]), label="size")
+    batch = data.draw(scale.large_vocab_batches(vocab_size=size, dtype=dtype), label="batch")
+    first_block = max(block for block in (2**14, *scale.VOCAB_BLOCKS) if block < size)
+    x = batch.x.double()
+    # Strictly larger after rounding to the dtype: an online max grows in a later block.
+    assert bool((x[:, first_block:].amax(1) > x[:, :first_block].amax(1)).all())
+    assert batch.x.shape[1] == size and batch.x.shape[0] in (1, 2)
+
+
+@settings(max_examples=4, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_tall_batches_put_most_of_the_loss_where_a_capped_grid_never_reaches(
+    data: st.DataObject,
+) -> None:
+    """A kernel that leaves rows 65,535 and later at zero misses each of their losses, the mean
+    and their gradient by more than the bound: by far more in float32 (and each loss in bfloat16,
+    by about 50 times: a bfloat16 loss of 2^20 may be off by 2^20·5·2^-8); in bfloat16 the bound
+    of a mean over 70,000 rows is itself 41% (the 16-way cascade), so the mean and its gradient
+    are over it, not far over. The oracle's row cache sees few distinct rows. float64 stands in
+    for the exact values (its error is far below any bound)."""
+    dtype = data.draw(st.sampled_from(["float32", "bfloat16"]), label="dtype")
+    batch = data.draw(scale.tall_batches(dtype=dtype), label="batch")
+    x, y = batch.x, batch.y
+    distinct = torch.unique(torch.cat([x.double(), y[:, None].double()], 1), dim=0).shape[0]
+    assert distinct <= scale.MOST_POOLED_ROWS + scale.MOST_LATE_ROWS + 2
+    dropped = torch.arange(x.shape[0]) >= scale.GRID_LIMIT
+    losses = torch.nn.functional.cross_entropy(x.double(), y, reduction="none")
+    none = Problem.of(x, y, reduction="none")
+    assert ratio(torch.where(dropped, 0.0, losses), losses, loss_bound(none)) > 10
+    mean = Problem.of(x, y, reduction="mean")
+    far = 10 if dtype == "float32" else 1
+    assert ratio(losses[~dropped].sum() / x.shape[0], losses.mean(), loss_bound(mean)) > far
+    leaf = x.double().requires_grad_(True)
+    torch.nn.functional.cross_entropy(leaf, y).backward()
+    assert leaf.grad is not None
+    kept = torch.where(dropped[:, None], 0.0, leaf.grad)
+    assert ratio(kept, leaf.grad, gradient_bound(mean, torch.tensor(1.0))) > far
+
+
+@settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_scale_reproducers_rebuild_their_batches_bit_for_bit(data: st.DataObject) -> None:
+    dtype = data.draw(st.sampled_from(list(strategies.DTYPES)), label="dtype")
+    if data.draw(st.booleans(), label="tall"):
+        batch = data.draw(scale.tall_batches(dtype=dtype), label="batch")
+    else:
+        size = data.draw(st.sampled_from(scale.LLM_VOCABULARIES[:2]), label="size")
+        batch = data.draw(scale.large_vocab_batches(vocab_size=size, dtype=dtype), label="batch")
+    namespace: dict[str, object] = {}
+    exec(with_math_names("import torch\n" + batch.source()), namespace)
+    for name, tensor in (("logits", batch.x), ("target", batch.y)):
+        rebuilt = namespace[name]
+        assert isinstance(rebuilt, torch.Tensor) and rebuilt.dtype == tensor.dtype
+        assert torch.equal(rebuilt, tensor)
