@@ -21,7 +21,7 @@ from properties.engine.check import (
     versions,
 )
 from properties.engine.defaults import DEFAULT_KERNELS, DEFAULT_PROFILE, DEVICES, DTYPES, PROFILES
-from properties.engine.workers import DEFAULT_CALL_SECONDS, WorkerPool
+from properties.engine.workers import DEFAULT_CALL_SECONDS, WorkerPool, usable_cores
 
 if TYPE_CHECKING:
     from properties.engine.clause import Clause
@@ -89,10 +89,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "-j",
         "--jobs",
-        type=_positive_int,
-        default=1,
+        type=_jobs,
+        default="auto",
         metavar="N",
-        help="worker processes running clause × dtype jobs at once (default 1); the report "
+        help="worker processes running clause × dtype jobs at once, or auto: one per usable CPU "
+        f"core (the default; {usable_cores()} here); with several, each runs torch on its share "
+        "of the cores; -j 1 runs one job at a time with torch's default threads; the report "
         "keeps the clause order",
     )
     parser.add_argument(
@@ -149,6 +151,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _jobs(text: str) -> int:
+    """``--jobs``: a positive number, or auto (one worker per usable core)."""
+    if text.strip().lower() == "auto":
+        return usable_cores()
+    try:
+        return _positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, not {text!r}") from None
 
 
 def _positive_float(text: str) -> float:

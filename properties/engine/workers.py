@@ -12,13 +12,21 @@ that crashed, not a shrunk one: shrinking would need the process that died.
 Results come back in the order the jobs were given, whatever order the workers finish in, so a
 run with ``-j N`` reads like a run with one worker. Workers start from a forkserver that has
 imported torch, Hypothesis and the catalogue once, so a fresh worker costs a fork, not an import.
+
+Several workers share the machine's cores: each runs torch on its share of them
+(:func:`worker_threads`; one thread each with one worker per core, `lmloss check`'s default).
+With torch's own default, a thread per core in every process, two workers on two cores waited on
+each other's threads: -j 2 took 95 s and 184 s of CPU where one worker took 120 s and 143 s.
+A single worker keeps torch's default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
 import tempfile
@@ -48,6 +56,21 @@ _POLL_SECONDS = 0.25
 _PRELOAD = ["torch", "hypothesis", "properties.catalogue", "properties.engine.check"]
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS tells it), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def worker_threads(workers: int, cores: int | None = None) -> int | None:
+    """torch's intra-op threads for each of ``workers`` workers on ``cores`` cores (default: the
+    usable ones): its share of the cores, at least 1; None for a single worker (torch's default)."""
+    if workers <= 1:
+        return None
+    return max(1, (usable_cores() if cores is None else cores) // workers)
+
+
 @dataclass
 class _Worker:
     process: BaseProcess
@@ -67,6 +90,8 @@ class WorkerPool:
 
     size: int = 1
     call_seconds: float = DEFAULT_CALL_SECONDS
+    #: torch's intra-op threads in each worker; None: :func:`worker_threads` of ``size``.
+    threads: int | None = None
     _context: ForkServerContext = field(init=False, repr=False)
     _directory: tempfile.TemporaryDirectory[str] = field(init=False, repr=False)
     _workers: list[_Worker] = field(default_factory=list, init=False, repr=False)
@@ -76,6 +101,10 @@ class WorkerPool:
             raise ValueError(f"a pool needs at least one worker, not {self.size}")
         if not self.call_seconds > 0:
             raise ValueError(f"the per-call limit must be positive, not {self.call_seconds}")
+        if self.threads is None:
+            self.threads = worker_threads(self.size)
+        elif self.threads < 1:
+            raise ValueError(f"a worker needs at least one thread, not {self.threads}")
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_PRELOAD)
         self._directory = tempfile.TemporaryDirectory(prefix="lmloss-workers-")
@@ -141,7 +170,7 @@ class WorkerPool:
             Path(self._directory.name) / f"worker-{len(self._workers)}-{time.monotonic_ns()}.pt"
         )
         process = self._context.Process(
-            target=_serve, args=(child_end, call_started, str(inputs)), daemon=True
+            target=_serve, args=(child_end, call_started, str(inputs), self.threads), daemon=True
         )
         process.start()
         child_end.close()
@@ -192,10 +221,16 @@ class WorkerPool:
             self._replace(worker)
 
 
-def _serve(connection: Connection, call_started: Synchronized[float], inputs: str) -> None:
+def _serve(
+    connection: Connection, call_started: Synchronized[float], inputs: str, threads: int | None
+) -> None:
     """A worker: run each job it is sent until it is sent None or its parent goes away."""
     # Ctrl-C is the parent's to handle: it stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     from properties.engine.check import load_kernel
 
     kernels: dict[str, KernelUnderTest] = {}
@@ -215,8 +250,8 @@ def _serve(connection: Connection, call_started: Synchronized[float], inputs: st
 
 class _InputKeeper:
     """Keeps each kernel call's inputs in the worker's file before the call (pickled and flushed
-    to the OS, so they outlive the process; 0.4 ms a call where torch.save took 1.2 ms) and notes
-    when the call started."""
+    to the OS, so they outlive the process, each tensor as :class:`_KeptTensor`) and notes when
+    the call started."""
 
     def __init__(self, call_started: Synchronized[float], path: Path) -> None:
         self._call_started = call_started
@@ -230,8 +265,8 @@ class _InputKeeper:
 
     def started(self, arguments: tuple[Any, ...], options: dict[str, Any]) -> None:
         kept = {
-            "arguments": tuple(_on_cpu(argument) for argument in arguments),
-            "options": {key: _on_cpu(value) for key, value in options.items()},
+            "arguments": tuple(_KeptTensor.kept(argument) for argument in arguments),
+            "options": {key: _KeptTensor.kept(value) for key, value in options.items()},
         }
         self._file.seek(0)
         pickle.dump(kept, self._file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -243,18 +278,55 @@ class _InputKeeper:
         self._call_started.value = 0.0
 
 
-def _on_cpu(value: Any) -> Any:
-    """A tensor's storage on the CPU with the same view of it (a device's kernel may have
-    poisoned the device by the time the parent reads it); other values as they are."""
-    import torch
+@dataclass(frozen=True)
+class _KeptTensor:
+    """A tensor as a worker keeps it: the bytes of its storage, copied to the CPU (a device's
+    kernel may have poisoned the device by the time the parent reads them), and its view of
+    them. Pickling the tensor itself took about 0.6 ms a call, most of it torch's serialisation
+    of the storage; plain bytes take a few microseconds."""
 
-    if not isinstance(value, torch.Tensor):
-        return value
-    storage = value.untyped_storage().cpu()
-    view = torch.empty(0, dtype=value.dtype).set_(
-        storage, value.storage_offset(), value.size(), value.stride()
-    )
-    return view.requires_grad_(value.requires_grad)
+    dtype: str
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    requires_grad: bool
+    data: bytes
+
+    @classmethod
+    def kept(cls, value: Any) -> Any:
+        """A tensor as kept; other values as they are."""
+        import torch
+
+        if not isinstance(value, torch.Tensor):
+            return value
+        storage = value.untyped_storage().cpu()
+        size = storage.nbytes()
+        return cls(
+            dtype=str(value.dtype).removeprefix("torch."),
+            size=tuple(value.size()),
+            stride=tuple(value.stride()),
+            offset=int(value.storage_offset()),
+            requires_grad=value.requires_grad,
+            data=ctypes.string_at(storage.data_ptr(), size) if size else b"",
+        )
+
+    def tensor(self) -> Any:
+        """The tensor again, on the CPU: the same values, in the same view of its storage."""
+        import torch
+
+        dtype = getattr(torch, self.dtype)
+        if self.data:
+            storage = torch.frombuffer(bytearray(self.data), dtype=torch.uint8).clone()
+        else:
+            storage = torch.empty(0, dtype=torch.uint8)
+        view = torch.empty(0, dtype=dtype).set_(
+            storage.untyped_storage(), self.offset, self.size, self.stride
+        )
+        return view.requires_grad_(self.requires_grad)
+
+
+def _restored(value: Any) -> Any:
+    return value.tensor() if isinstance(value, _KeptTensor) else value
 
 
 def _lost_job(
@@ -268,7 +340,9 @@ def _lost_job(
     if inputs.exists() and inputs.stat().st_size > 0:
         with inputs.open("rb") as kept:
             saved = pickle.load(kept)  # written by this run's own worker
-        reproducer = call_snippet(kernel, saved["arguments"], saved["options"], device=job.device)
+        arguments = tuple(_restored(argument) for argument in saved["arguments"])
+        options = {key: _restored(value) for key, value in saved["options"].items()}
+        reproducer = call_snippet(kernel, arguments, options, device=job.device)
     else:
         reproducer = "# the worker ended before it called the kernel: no call to repeat"
         what = what.replace("the kernel", "the job", 1)

@@ -32,6 +32,10 @@ def hangs_on_four_rows_or_more(logits: Any, target: Any, **options: Any) -> Any:
     return torch.nn.functional.cross_entropy(logits, target, **options)
 
 
+def tells_its_torch_threads(logits: Any, target: Any, **options: Any) -> Any:
+    raise RuntimeError(f"torch runs {torch.get_num_threads()} threads here")
+
+
 def check(kernel: str, *options: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "lmloss", "check", f"{HERE}:{kernel}"]
     command += ["--clause", "CE-MEAN", "--clause", "CE-SUM", "--dtype", "float32"]
@@ -75,7 +79,7 @@ def test_a_kernel_call_that_does_not_return_is_reported_as_hung() -> None:
 
 
 def test_several_workers_give_the_report_of_one() -> None:
-    one = check("aborts_on_four_rows_or_more")
+    one = check("aborts_on_four_rows_or_more", "--jobs", "1")
     two = check("aborts_on_four_rows_or_more", "--jobs", "2")
     assert two.returncode == one.returncode == 1
 
@@ -83,3 +87,34 @@ def test_several_workers_give_the_report_of_one() -> None:
         return [line.split()[:3] for line in output.splitlines() if line.startswith("  CE-")]
 
     assert verdicts(two.stdout) == verdicts(one.stdout)
+
+
+def test_each_of_several_workers_runs_torch_on_its_share_of_the_cores() -> None:
+    from properties.engine.workers import worker_threads
+
+    run = check("tells_its_torch_threads", "--jobs", "2")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"torch runs {worker_threads(2)} threads here" in run.stdout
+
+
+def test_worker_threads_share_the_cores() -> None:
+    from properties.engine.workers import worker_threads
+
+    assert worker_threads(1, cores=2) is None  # one worker: torch's default
+    assert worker_threads(2, cores=2) == 1
+    assert worker_threads(3, cores=2) == 1
+    assert worker_threads(2, cores=16) == 8
+
+
+def test_jobs_default_to_one_worker_per_usable_core() -> None:
+    from lmloss.__main__ import build_parser
+    from properties.engine.workers import usable_cores
+
+    parser = build_parser()
+    assert parser.parse_args(["check"]).jobs == usable_cores()
+    assert parser.parse_args(["check", "-j", "auto"]).jobs == usable_cores()
+    assert parser.parse_args(["check", "-j", "1"]).jobs == 1
+    assert parser.parse_args(["check", "--jobs", "3"]).jobs == 3
+    for wrong in ("0", "-2", "many"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["check", "-j", wrong])
