@@ -11,8 +11,9 @@ Python integers only:
   and S = Σ_j e_j is their exact integer sum, as an integer interval;
 - m − x_j is held exactly as an integer multiple of 2^-F (F = Q + 14 fraction bits) where it is
   one, else as the two integers around it (within two units, see Row._fix_arguments);
-- log S is an mpmath log of each end of S, widened outward by four units (as _enclosure.py does
-  for every transcendental), then rounded outward onto the 2^-F grid;
+- log S is one Newton step from math.log's guess y: log S = y + log1p(S·e^-y − 1), e^-y from the
+  same tables and r − r² ≤ log1p(r) ≤ r for |r| ≤ 1/2, rounded outward onto the 2^-F grid (an
+  mpmath log of each end, widened by four units as _enclosure.py does, where the guess is off);
 - everything after that (the NLL, z-loss, the smoothing sum, the reductions, the gradient's
   c·(A·p_j − B_j)) is integer intervals [lo, hi]·2^scale with every product and sum exact and
   every division rounded outward.
@@ -507,13 +508,6 @@ def dyadic_of(x: tuple) -> tuple[int, int]:
 
 
 # ---- the gradient -----------------------------------------------------------------------------
-
-
-def _quotient(numerator: int, denominator: int, exponent: int) -> Interval:
-    """numerator/denominator·2^exponent (denominator > 0) with at least 64 more bits than a float64."""
-    extra = max(0, FAST_BITS + 24 + denominator.bit_length() - abs(numerator).bit_length())
-    shifted = numerator << extra
-    return shifted // denominator, -(-shifted // denominator), exponent - extra
 
 
 def row_gradient(
