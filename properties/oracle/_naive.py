@@ -30,6 +30,9 @@ GUARD_BITS = 64
 #: Absolute accuracy below 2^-1075 (half the smallest subnormal) decides the rounding of a
 #: subnormal result; a normal result needs only its relative 2^-53, which is weaker.
 SUBNORMAL_BITS = 1075
+#: How far any result of this module is from the exact value at working_bits (its promise): a
+#: result this close to a float64 rounding boundary does not say which way the exact one rounds.
+ABSOLUTE_ERROR = mpf(2) ** -(SUBNORMAL_BITS + GUARD_BITS)
 
 
 def _magnitude_bits(values: Sequence[float]) -> int:
