@@ -5,18 +5,23 @@ costs about 10 µs each; this costs a few table look-ups, three integer products
 four-term polynomial.
 
 With G = Q + 6 guard bits, an argument t = D / 2^F (F = G + 8 fraction bits) is split as
-t = a + b/2^8 + c/2^16 + σ with a an integer, b and c bytes and 0 ≤ σ < 2^-16:
+t = a + b₁/2^8 + b₂/2^16 + b₃/2^24 + b₄/2^32 + σ with a an integer, b₁…b₄ bytes and
+0 ≤ σ < 2^-32:
 
-    exp(−t) = exp(−a) · exp(−b/2^8) · exp(−c/2^16) · exp(−σ)
+    exp(−t) = exp(−a) · exp(−b₁/2^8) · exp(−b₂/2^16) · exp(−b₃/2^24) · exp(−b₄/2^32) · exp(−σ)
 
-The three exponentials come from tables made once per G with mpmath at G + 30 bits and stored
+The five exponentials come from tables made once per G with mpmath at G + 30 bits and stored
 as G-bit integers (error ≤ 2 units each); exp(−σ) is its Taylor polynomial, summed by Horner in
 G-bit fixed point (≤ 1.5 units: one per truncated step, plus a remainder below 2^-(G+2)).
-Relative errors, as multiples of 2^-G: exp(−a) ≤ 1 (a G+1-bit significand), exp(−b/2^8) ≤ 5.5
-(it is ≥ e^-1), exp(−c/2^16) ≤ 2.1, exp(−σ) ≤ 1.6, and the three truncating shifts of products
-that stay ≥ e^-1.01 · 2^G, ≤ 2.8 each: 18.6 in all, under 2^5. An argument known only to within
-two units of 2^-F adds 2^(1−F) = 2^(−G−7). So each term is within 2^(5−G) + 2^(−G−7) < 2^(6−G)
-= 2^-Q of its value, relatively.
+Relative errors, as multiples of 2^-G: exp(−a) ≤ 1 (a G+1-bit significand), exp(−b₁/2^8) ≤ 5.5
+(it is ≥ e^-1), exp(−b₂/2^16), exp(−b₃/2^24) and exp(−b₄/2^32) ≤ 2.1 each, exp(−σ) ≤ 1.6, and
+the five truncating shifts of products that stay ≥ e^-1.01 · 2^G, ≤ 2.8 each: 28.4 in all,
+under 2^5. An argument known only to within two units of 2^-F adds 2^(1−F) = 2^(−G−7). So each
+term is within 2^(5−G) + 2^(−G−7) < 2^(6−G) = 2^-Q of its value, relatively.
+
+Why four bytes: a float32 logit of magnitude near 1 has its last bit at 2^-23, so m − x_j
+usually ends within the third byte and σ is 0: the term costs four products and no polynomial.
+A byte or σ that is 0 contributes the factor 1 exactly and is skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import math
 from functools import lru_cache
 
 from mpmath import libmp
+
+#: exp(−b/2^s) is tabled for each byte b at each of these s (bits after the binary point).
+_BYTE_SHIFTS = (8, 16, 24, 32)
 
 
 class ExpTerms:
@@ -44,15 +52,16 @@ class ExpTerms:
                 )
                 for k in range(256)
             ]
-            for shift in (8, 16)
+            for shift in _BYTE_SHIFTS
         ]
         self._whole: dict[int, tuple[int, int]] = {}
-        # Taylor terms for exp(−σ), σ < 2^-16: the first left out, σ^(n+1)/(n+1)!, is < 2^-(G+2).
+        # Taylor terms for exp(−σ), σ < 2^-32: the first left out, σ^(n+1)/(n+1)!, is < 2^-(G+2).
+        sigma_bits = _BYTE_SHIFTS[-1]
         terms = 1
-        while 16 * (terms + 1) + math.log2(math.factorial(terms + 1)) < guard + 2:
+        while sigma_bits * (terms + 1) + math.log2(math.factorial(terms + 1)) < guard + 2:
             terms += 1
         self._taylor_terms = terms
-        self._sigma_mask = (1 << (self.fraction_bits - 16)) - 1
+        self._sigma_mask = (1 << (self.fraction_bits - sigma_bits)) - 1
 
     def whole(self, a: int) -> tuple[int, int]:
         """exp(−a) as (significand of G+1 bits, exponent), truncated: error < 1 unit."""
@@ -71,16 +80,23 @@ class ExpTerms:
         fraction_bits = self.fraction_bits
         guard = self.guard_bits
         a = fixed >> fraction_bits
-        b = (fixed >> (fraction_bits - 8)) & 255
-        c = (fixed >> (fraction_bits - 16)) & 255
         sigma = fixed & self._sigma_mask
         significand, exponent = self.whole(a)
         # A zero byte or σ = 0 contributes the factor exactly 1 (2^G / 2^G): skipped, exactly.
-        # Logits of few significant bits (bfloat16, float16) leave σ = 0 in most terms.
-        if b:
-            significand = (significand * self._byte_tables[0][b]) >> guard
-        if c:
-            significand = (significand * self._byte_tables[1][c]) >> guard
+        # Logits of few significant bits (bfloat16, float16, float32) leave σ = 0 in most terms.
+        first, second, third, fourth = self._byte_tables
+        byte = (fixed >> (fraction_bits - 8)) & 255
+        if byte:
+            significand = (significand * first[byte]) >> guard
+        byte = (fixed >> (fraction_bits - 16)) & 255
+        if byte:
+            significand = (significand * second[byte]) >> guard
+        byte = (fixed >> (fraction_bits - 24)) & 255
+        if byte:
+            significand = (significand * third[byte]) >> guard
+        byte = (fixed >> (fraction_bits - 32)) & 255
+        if byte:
+            significand = (significand * fourth[byte]) >> guard
         if sigma:
             one = self._one
             poly = one
