@@ -1,8 +1,8 @@
 """exp(−t) for many t ≥ 0 at once, in integer arithmetic, each to a relative error ≤ 2^-Q.
 
 This is the oracle's hot loop: a softmax over C classes needs C exponentials. mpmath's mpf_exp
-costs about 10 µs each; this costs a few table look-ups, three integer products and a
-four-term polynomial.
+costs about 10 µs each; this costs a few table look-ups and integer products, and rarely a
+short polynomial.
 
 With G = Q + 6 guard bits, an argument t = D / 2^F (F = G + 8 fraction bits) is split as
 t = a + b₁/2^8 + b₂/2^16 + b₃/2^24 + b₄/2^32 + σ with a an integer, b₁…b₄ bytes and
@@ -10,9 +10,10 @@ t = a + b₁/2^8 + b₂/2^16 + b₃/2^24 + b₄/2^32 + σ with a an integer, b�
 
     exp(−t) = exp(−a) · exp(−b₁/2^8) · exp(−b₂/2^16) · exp(−b₃/2^24) · exp(−b₄/2^32) · exp(−σ)
 
-The five exponentials come from tables made once per G with mpmath at G + 30 bits and stored
-as G-bit integers (error ≤ 2 units each); exp(−σ) is its Taylor polynomial, summed by Horner in
-G-bit fixed point (≤ 1.5 units: one per truncated step, plus a remainder below 2^-(G+2)).
+The five exponentials come from tables made once per G with mpmath at G + 30 bits (an entry
+when first needed) and stored as G-bit integers (error ≤ 2 units each); exp(−σ) is its Taylor
+polynomial, summed by Horner in G-bit fixed point (≤ 1.5 units: one per truncated step, plus a
+remainder below 2^-(G+2)).
 Relative errors, as multiples of 2^-G: exp(−a) ≤ 1 (a G+1-bit significand), exp(−b₁/2^8) ≤ 5.5
 (it is ≥ e^-1), exp(−b₂/2^16), exp(−b₃/2^24) and exp(−b₄/2^32) ≤ 2.1 each, exp(−σ) ≤ 1.6, and
 the five truncating shifts of products that stay ≥ e^-1.01 · 2^G, ≤ 2.8 each: 28.4 in all,
@@ -44,16 +45,10 @@ class ExpTerms:
         self.fraction_bits = guard + 8
         table_prec = guard + 30
         self._one = 1 << guard
-        self._byte_tables = [
-            [
-                libmp.to_fixed(
-                    libmp.mpf_exp(libmp.from_rational(-k, 1 << shift, table_prec), table_prec),
-                    guard,
-                )
-                for k in range(256)
-            ]
-            for shift in _BYTE_SHIFTS
-        ]
+        self._table_prec = table_prec
+        # Filled on first use: at a precision the Ziv loop escalates to, few rows (and so few
+        # bytes) are ever needed, and each entry costs an mpf_exp at G + 30 bits.
+        self._byte_tables: list[list[int | None]] = [[None] * 256 for _ in _BYTE_SHIFTS]
         self._whole: dict[int, tuple[int, int]] = {}
         # Taylor terms for exp(−σ), σ < 2^-32: the first left out, σ^(n+1)/(n+1)!, is < 2^-(G+2).
         sigma_bits = _BYTE_SHIFTS[-1]
@@ -62,6 +57,14 @@ class ExpTerms:
             terms += 1
         self._taylor_terms = terms
         self._sigma_mask = (1 << (self.fraction_bits - sigma_bits)) - 1
+
+    def _entry(self, table: int, byte: int) -> int:
+        """exp(−byte/2^s) for the table's shift s, as a G-bit integer (error ≤ 2 units)."""
+        prec = self._table_prec
+        shift = _BYTE_SHIFTS[table]
+        value = libmp.mpf_exp(libmp.from_rational(-byte, 1 << shift, prec), prec)
+        entry = self._byte_tables[table][byte] = libmp.to_fixed(value, self.guard_bits)
+        return entry
 
     def whole(self, a: int) -> tuple[int, int]:
         """exp(−a) as (significand of G+1 bits, exponent), truncated: error < 1 unit."""
@@ -87,16 +90,16 @@ class ExpTerms:
         first, second, third, fourth = self._byte_tables
         byte = (fixed >> (fraction_bits - 8)) & 255
         if byte:
-            significand = (significand * first[byte]) >> guard
+            significand = (significand * (first[byte] or self._entry(0, byte))) >> guard
         byte = (fixed >> (fraction_bits - 16)) & 255
         if byte:
-            significand = (significand * second[byte]) >> guard
+            significand = (significand * (second[byte] or self._entry(1, byte))) >> guard
         byte = (fixed >> (fraction_bits - 24)) & 255
         if byte:
-            significand = (significand * third[byte]) >> guard
+            significand = (significand * (third[byte] or self._entry(2, byte))) >> guard
         byte = (fixed >> (fraction_bits - 32)) & 255
         if byte:
-            significand = (significand * fourth[byte]) >> guard
+            significand = (significand * (fourth[byte] or self._entry(3, byte))) >> guard
         if sigma:
             one = self._one
             poly = one
