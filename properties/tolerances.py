@@ -42,9 +42,12 @@ Every clause names its tolerance by a key of :data:`TOLERANCES`.
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -94,6 +97,31 @@ def accumulation_error(terms: int, dtype: str) -> float:
     return max(running_in_float32, cascaded)
 
 
+_Value = TypeVar("_Value")
+#: Problems whose values each memo below keeps: a clause asks for several bounds of one problem.
+_PROBLEMS_KEPT = 4
+
+
+def _per_problem(compute: Callable[[Problem], _Value]) -> Callable[[Problem], _Value]:
+    """``compute``, keeping its value for the latest few problems, by identity: one bound needs
+    the rows' magnitudes and the token losses several times over (loss_bound computed _rows three
+    times), and a clause asks for the loss and the gradient bound of one problem. A Problem is
+    frozen, and nothing writes into its tensors or into the values kept here."""
+    kept: list[tuple[weakref.ref[Problem], _Value]] = []
+
+    @functools.wraps(compute)
+    def remembered(problem: Problem) -> _Value:
+        for reference, value in kept:
+            if reference() is problem:
+                return value
+        value = compute(problem)
+        kept.insert(0, (weakref.ref(problem), value))
+        del kept[_PROBLEMS_KEPT:]
+        return value
+
+    return remembered
+
+
 @dataclass(frozen=True)
 class _Rows:
     """Per-row magnitudes of the effective (soft-capped) logits, in float64."""
@@ -106,6 +134,7 @@ class _Rows:
     lse_error: torch.Tensor  # (N,) bound on the absolute error of a row's log-sum-exp
 
 
+@_per_problem
 def _rows(problem: Problem) -> _Rows:
     x = problem.logits
     if problem.softcap is not None:
@@ -162,6 +191,7 @@ def _target_nll(problem: Problem, rows: _Rows) -> torch.Tensor:
     return torch.where(problem.counted, nll, 0.0)
 
 
+@_per_problem
 def token_losses(problem: Problem) -> torch.Tensor:
     """Each token's loss in float64 (as reduction="none" returns it), for the magnitudes:
     (1 − ε)·w_y·(−log p_y) + (ε/C)·Σ_j w_j·(−log p_j) + z·w_y·lse², 0 for ignored tokens."""
