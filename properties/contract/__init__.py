@@ -98,4 +98,4 @@ DEFAULT_CONTRACT = "cross_entropy"
 def _load_builtin() -> None:
     # The built-in contracts register themselves on import; importing here, not at the top,
     # keeps this module free of torch for whoever only names a contract.
-    from properties.contract import cross_entropy  # noqa: F401
+    from properties.contract import cross_entropy, linear  # noqa: F401
