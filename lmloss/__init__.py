@@ -1,6 +1,7 @@
 """lmloss: the production PyTorch side (loss API, kernels, training loop, checker, CLI)."""
 
 from lmloss._data import ByteDataset, Corpus, file_corpus, python_docs_corpus
+from lmloss._linear import LINEAR_SPEC, linear_cross_entropy
 from lmloss._loss import LMLoss, cross_entropy, lm_loss, perplexity, sequence_logprob
 from lmloss._model import GPT, GPTConfig
 from lmloss._train import (
@@ -20,6 +21,7 @@ __all__: list[str] = [
     "GPT",
     "GPTConfig",
     "KernelSpec",
+    "LINEAR_SPEC",
     "LMLoss",
     "TrainConfig",
     "TrainResult",
@@ -27,6 +29,7 @@ __all__: list[str] = [
     "evaluate",
     "file_corpus",
     "forward_backward",
+    "linear_cross_entropy",
     "lm_loss",
     "load_checkpoint",
     "perplexity",
