@@ -80,6 +80,11 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor) -> Tensor:
         """Logits (B, T, C) for token ids (B, T): position t sees tokens 0..t only."""
+        return self.head(self.hidden_states(idx))  # (B, T, C)
+
+    def hidden_states(self, idx: Tensor) -> Tensor:
+        """The final hidden states (B, T, E), what the head projects to logits: a fused
+        projection + loss (lmloss.linear_cross_entropy) takes these and ``head.weight``."""
         B, T = idx.shape
         if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
@@ -87,7 +92,7 @@ class GPT(nn.Module):
         x = self.token_embedding(idx) + self.position_embedding(positions)  # (B, T, E)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.final_norm(x))  # (B, T, C)
+        return self.final_norm(x)  # (B, T, E)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

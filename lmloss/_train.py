@@ -22,6 +22,17 @@ float32, returning a float32 loss that is float32-accurate on those bfloat16 log
 CE-AUTOCAST). On CUDA ``torch.nn.functional.cross_entropy`` is not: there it rounds every
 log-probability to bfloat16 before a float32 ``nll_loss``.
 
+With a *linear criterion* (``lmloss train --loss linear``: :func:`lmloss.linear_cross_entropy`,
+kernel contract 3) the head's projection and the loss are one call, from the final hidden states
+and the head's weight (and bias), and the (B·T, C) logits are never built::
+
+        hidden = model.hidden_states(x)    # (B, T, E)
+        loss = linear_criterion(hidden.reshape(B * T, E), model.head.weight, y.reshape(B * T),
+                                linear_bias=model.head.bias, reduction="sum")
+
+Everything else is the same step: the same sum, divided by the same count, under the same
+autocast (where the projection takes bfloat16 operands, as the model's head would).
+
 Around it: AdamW, gradient clipping, warmup + cosine learning rate, held-out loss / perplexity /
 bits per byte, atomic checkpoints and an exact resume.
 """
@@ -52,6 +63,9 @@ IGNORE_INDEX = DEFAULT_IGNORE_INDEX
 
 #: Any callable shaped like ``torch.nn.functional.cross_entropy`` (kernel contract 2).
 Criterion = Callable[..., Tensor]
+#: Any callable shaped like ``torch.nn.functional.linear_cross_entropy`` (kernel contract 3):
+#: the head's projection and the loss in one, from hidden states (N, E) and a weight (C, E).
+LinearCriterion = Callable[..., Tensor]
 Batch = tuple[Tensor, Tensor]  # x, y: (B, T) each
 
 
@@ -103,6 +117,7 @@ def forward_backward(
     micro_batches: Sequence[Batch],
     *,
     use_amp: bool = False,
+    linear_criterion: LinearCriterion | None = None,
 ) -> Tensor:
     """Accumulate ∂L/∂θ of L = (1/N) Σ_i −log p(y_i | x_<i) over all N counted targets of the batch.
 
@@ -110,7 +125,8 @@ def forward_backward(
     returned loss (detached) are those of the whole batch. Targets equal to ``IGNORE_INDEX``
     are not counted. With ``use_amp`` the model runs under bfloat16 autocast and the criterion
     is called inside it, as the essay does (see the module docstring for what that asks of the
-    criterion).
+    criterion). With ``linear_criterion`` the head and the loss are computed by it instead of
+    by the model's head and ``criterion`` (the module docstring shows the call).
     """
     counted = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
     if counted == 0:
@@ -119,9 +135,7 @@ def forward_backward(
     sums = []
     for x, y in micro_batches:
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = model(x)  # (B, T, C)
-            B, T, C = pred.shape
-            loss = criterion(pred.reshape(B * T, C), y.reshape(B * T), reduction="sum")
+            loss = _summed_loss(model, criterion, linear_criterion, x, y)
         (loss / counted).backward()
         sums.append(loss.detach())
     return torch.stack(sums).sum() / counted
@@ -134,6 +148,7 @@ def evaluate(
     *,
     criterion: Criterion = cross_entropy,
     use_amp: bool = False,
+    linear_criterion: LinearCriterion | None = None,
 ) -> float:
     """Mean NLL in nats over every counted target of ``batches`` (the held-out loss)."""
     device = next(model.parameters()).device
@@ -143,12 +158,38 @@ def evaluate(
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = model(x)  # (B, T, C)
-            B, T, C = pred.shape
-            total += float(criterion(pred.reshape(B * T, C), y.reshape(B * T), reduction="sum"))
+            total += float(_summed_loss(model, criterion, linear_criterion, x, y))
         counted += int((y != IGNORE_INDEX).sum())
     model.train(was_training)
     return total / counted
+
+
+def _summed_loss(
+    model: torch.nn.Module,
+    criterion: Criterion,
+    linear_criterion: LinearCriterion | None,
+    x: Tensor,
+    y: Tensor,
+) -> Tensor:
+    """Σ −log p(y_i | x_<i) over the counted targets of one micro-batch x, y (B, T)."""
+    if linear_criterion is None:
+        pred = model(x)  # (B, T, C)
+        B, T, C = pred.shape
+        return criterion(pred.reshape(B * T, C), y.reshape(B * T), reduction="sum")
+    if not isinstance(model, GPT):
+        raise TypeError(
+            f"a linear criterion needs the model's hidden states and head (lmloss.GPT), "
+            f"not a {type(model).__name__}"
+        )
+    hidden = model.hidden_states(x)  # (B, T, E)
+    B, T, E = hidden.shape
+    return linear_criterion(
+        hidden.reshape(B * T, E),
+        model.head.weight,
+        y.reshape(B * T),
+        linear_bias=model.head.bias,
+        reduction="sum",
+    )
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
@@ -214,6 +255,7 @@ def train(
     *,
     corpus: Corpus | None = None,
     criterion: Criterion = cross_entropy,
+    linear_criterion: LinearCriterion | None = None,
     device: str = "cpu",
     use_amp: bool = False,
     checkpoint: str | Path | None = None,
@@ -225,7 +267,9 @@ def train(
     With ``checkpoint``, the full state (model, optimizer, data loader position, RNG states,
     losses so far) is written every ``checkpoint_interval`` steps and at the end; with
     ``resume``, training continues from it and produces exactly the losses of an uninterrupted
-    run (bit for bit on the CPU).
+    run (bit for bit on the CPU). With ``linear_criterion`` (e.g. lmloss.linear_cross_entropy)
+    every step and evaluation computes the head and the loss with it (see the module docstring);
+    a resume must then pass it again for bit-identical losses.
     """
     started = time.perf_counter()
     config = config or TrainConfig()
@@ -254,7 +298,9 @@ def train(
         _log(log, f"resumed from {checkpoint} at step {first_step}")
     else:
         first_step, train_losses = 0, []
-        initial_loss = evaluate(model, held_out, criterion=criterion, use_amp=use_amp)
+        initial_loss = evaluate(
+            model, held_out, criterion=criterion, use_amp=use_amp, linear_criterion=linear_criterion
+        )
 
     model.train()
     tokens_per_step = config.micro_batches * config.batch_size * model_config.block_size
@@ -269,7 +315,9 @@ def train(
         for _ in range(config.micro_batches):
             x, y = dataset.get_batch()  # (B, T) each
             micro_batches.append((x.to(device), y.to(device)))
-        loss = forward_backward(model, criterion, micro_batches, use_amp=use_amp)
+        loss = forward_backward(
+            model, criterion, micro_batches, use_amp=use_amp, linear_criterion=linear_criterion
+        )
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -297,7 +345,9 @@ def train(
                 checkpoint,
             )
 
-    final_loss = evaluate(model, held_out, criterion=criterion, use_amp=use_amp)
+    final_loss = evaluate(
+        model, held_out, criterion=criterion, use_amp=use_amp, linear_criterion=linear_criterion
+    )
     steps_run = config.steps - first_step
     held_out_text = bytes(dataset.held_out_tokens.tolist())
     return TrainResult(

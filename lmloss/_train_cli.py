@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 DEVICES = ("cpu", "cuda")
+#: --loss: the head's logits then lmloss.cross_entropy (the essay's step), or the head and the
+#: loss fused in lmloss.linear_cross_entropy, which never builds the (B·T, C) logits.
+LOSSES = ("cross_entropy", "linear")
 #: One thread by default. The default model's matrices are 128 wide: on a busy two-core machine
 #: a second thread keeps waiting for a core and the run takes three times longer (500
 #: steps: 3 min 52 s with two threads, 1 min 14 s with one, at load average 5); on an idle one
@@ -46,6 +49,15 @@ def add_parser(subparsers: Any) -> None:
         help="bfloat16 autocast for the forward pass, the essay's setting (default: on with "
         "--device cuda, off on the CPU, where it makes the default model about 9 times slower); "
         "the loss is computed in float32 either way",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default=LOSSES[0],
+        help="cross_entropy: the model's logits, then lmloss.cross_entropy (the essay's step); "
+        "linear: the head's projection and the loss fused in lmloss.linear_cross_entropy, "
+        "from the final hidden states, without the (B*T, C) logits (default %(default)s; "
+        "resume with the same value for bit-identical losses)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH")
     parser.add_argument(
@@ -102,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lmloss._data import file_corpus, python_docs_corpus
+    from lmloss._linear import linear_cross_entropy
     from lmloss._model import GPTConfig
     from lmloss._train import TrainConfig, train
 
@@ -121,12 +134,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         corpus = file_corpus(args.corpus) if args.corpus else python_docs_corpus()
         print(
-            f"corpus: {corpus.name}, {len(corpus.data):,} bytes; device {args.device}, amp {use_amp}"
+            f"corpus: {corpus.name}, {len(corpus.data):,} bytes; device {args.device}, "
+            f"amp {use_amp}, loss {args.loss}"
         )
         result = train(
             config,
             model_config,
             corpus=corpus,
+            linear_criterion=linear_cross_entropy if args.loss == "linear" else None,
             device=args.device,
             use_amp=use_amp,
             checkpoint=args.checkpoint,

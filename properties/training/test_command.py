@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,3 +87,32 @@ def test_train_command_refuses_a_sequence_longer_than_the_corpus(
 def test_train_command_refuses_cuda_without_cuda(capsys: pytest.CaptureFixture[str]) -> None:
     assert lmloss_main(["train", "--device", "cuda"]) == 2
     assert "sees no CUDA device" in capsys.readouterr().err
+
+
+def test_train_command_with_loss_linear_trains_through_the_fused_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--loss linear``: every training step and evaluation calls lmloss.linear_cross_entropy
+    (2 steps + the evaluations before and after), with the head's weight, never the logits."""
+    import lmloss._linear
+
+    calls: list[tuple[int, ...]] = []
+    fused = lmloss._linear.linear_cross_entropy
+
+    def counting(
+        input: torch.Tensor, linear_weight: torch.Tensor, *rest: Any, **keywords: Any
+    ) -> Any:
+        calls.append(tuple(linear_weight.shape))
+        return fused(input, linear_weight, *rest, **keywords)
+
+    monkeypatch.setattr(lmloss._linear, "linear_cross_entropy", counting)
+    corpus = tmp_path / "essay.txt"
+    corpus.write_bytes(b"The cat sat on the mat. The dog sat on the log. " * 100)
+    arguments = ["--corpus", str(corpus), "--steps", "2", "--block-size", "8", "--batch-size", "2"]
+
+    assert lmloss_main(["train", *arguments, "--threads", "1", "--loss", "linear"]) == 0
+
+    assert "loss linear" in capsys.readouterr().out
+    training_calls = 2
+    assert len(calls) > training_calls, f"linear_cross_entropy was called {len(calls)} times"
+    assert set(calls) == {(256, 128)}, f"called with weights of shapes {set(calls)}"
