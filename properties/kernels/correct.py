@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from properties.engine.kernel import KernelSpec
@@ -185,5 +186,274 @@ logsumexp_kernel = KernelSpec(
 chunked_kernel = KernelSpec(
     fn=chunked_cross_entropy,
     name="properties.kernels.correct.chunked_cross_entropy (with z_loss, softcap)",
+    options={"z_loss": "z_loss", "softcap": "softcap"},
+)
+
+
+# --- Contract 3: fused projection + loss ------------------------------------------------------
+
+
+def chunked_linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Tensor:
+    """Cross-entropy of the logits input·Wᵀ + b, CHUNK_ROWS rows at a time, with a hand-written
+    gradient: the (N, C) logits never exist at once (see :class:`ChunkedLinearLoss`)."""
+    return ChunkedLinearLoss().loss(
+        input,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+
+
+class ChunkedLinearLoss:
+    """The fused loss as chunked kernels compute it, one overridable step per method.
+
+    Forward: for each chunk of rows, its logits z = F.linear(x, W, b) (the GEMM in the input
+    dtype, float32 accumulation, rounded once to the input dtype), then the loss of the module
+    docstring in float32 (float64 for float64). Backward: each chunk's logits again, g = ∂l/∂z
+    in float32 times the upstream gradient, then ∂L/∂input = g·W for the chunk and g's
+    contributions to ∂L/∂W = gᵀ·x and ∂L/∂b = Σ g summed over the chunks in float32, rounded
+    once to the parameters' dtype. The kernels of :mod:`properties.kernels.broken_linear` are
+    subclasses that override one step each, wrongly.
+    """
+
+    chunk_rows = CHUNK_ROWS
+
+    def loss(
+        self,
+        input: Tensor,
+        linear_weight: Tensor,
+        target: Tensor,
+        *,
+        linear_bias: Tensor | None = None,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        ignore_index: int = DEFAULT_IGNORE_INDEX,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> Tensor:
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+        options = (ignore_index, reduction, label_smoothing, weight, z_loss, softcap)
+        result: Tensor = _ChunkedLinearFunction.apply(
+            self, input, linear_weight, linear_bias, target, *options
+        )
+        return result
+
+    # --- The steps ----------------------------------------------------------------------------
+
+    def row_chunks(self, rows: int) -> list[slice]:
+        """The chunks of rows, the last one ragged."""
+        return [slice(start, start + self.chunk_rows) for start in range(0, rows, self.chunk_rows)]
+
+    def smoothing_shares(self, classes: int, epsilon: float, like: Tensor) -> Tensor:
+        """(C,) the share of ε that label smoothing gives each class: ε/C over all C classes."""
+        return torch.full((classes,), epsilon / classes, dtype=like.dtype, device=like.device)
+
+    def softcap_chain(self, tanh: Tensor) -> Tensor:
+        """d(s·tanh(z/s))/dz = 1 − tanh²(z/s)."""
+        return 1 - tanh * tanh
+
+    def mean_divisors(self, chunk_weights: list[Tensor]) -> list[Tensor]:
+        """What each chunk's rows are divided by in a mean: Σ w_y over the whole batch."""
+        total = torch.stack([w.sum() for w in chunk_weights]).sum()
+        return [total] * len(chunk_weights)
+
+    def upstream(self, grad_output: Tensor) -> Tensor:
+        """The gradient flowing into the loss, as given."""
+        return grad_output
+
+    def ignored_rows_gradient(self, p: Tensor) -> Tensor:
+        """What an ignored row sends back to W and b: nothing (p is the row's softmax)."""
+        return torch.zeros_like(p)
+
+    def add_weight_gradient(
+        self, total: Tensor, chunk: Tensor, weight_dtype: torch.dtype
+    ) -> Tensor:
+        """∂L/∂W summed over the chunks in float32 (float64 for float64)."""
+        return total + chunk
+
+    def bias_gradient(self, total: Tensor) -> Tensor:
+        """∂L/∂b: the float32 sum over the chunks."""
+        return total
+
+    # --- One chunk ----------------------------------------------------------------------------
+
+    def logits(
+        self, x: Tensor, linear_weight: Tensor, linear_bias: Tensor | None, softcap: float | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(s, tanh(z/softcap) or None): a chunk's (capped) logits in the compute dtype."""
+        z = F.linear(x, linear_weight, linear_bias).to(_compute_dtype(x))
+        if softcap is None:
+            return z, None
+        tanh = torch.tanh(z / softcap)
+        return softcap * tanh, tanh
+
+    def chunk_losses(
+        self, s: Tensor, y: Tensor, counted: Tensor, class_weight: Tensor, options: tuple[Any, ...]
+    ) -> tuple[Tensor, Tensor]:
+        """(l_i, w_{y_i}) of a chunk's rows, both 0 where ignored."""
+        _, _, label_smoothing, _, z_loss, _ = options
+        y_safe = torch.where(counted, y, 0).long()
+        w_y = torch.where(counted, class_weight[y_safe], 0.0)
+        row_max = s.amax(dim=1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+        shifted = s - row_max  # relative to the row's maximum, as in chunked_cross_entropy
+        log_sum = shifted.exp().sum(dim=1, keepdim=True).log()
+        nll = (log_sum - shifted.gather(1, y_safe[:, None])).squeeze(1)
+        losses = (1 - label_smoothing) * w_y * nll
+        if label_smoothing:
+            shares = self.smoothing_shares(s.shape[1], label_smoothing, s)
+            losses = losses + (shares * class_weight * (log_sum - shifted)).sum(dim=1)
+        if z_loss:
+            lse = (log_sum + row_max).squeeze(1)
+            losses = losses + z_loss * w_y * lse * lse  # not lse**2, which overflows first
+        return torch.where(counted, losses, 0.0), w_y
+
+    def chunk_gradient(
+        self,
+        s: Tensor,
+        tanh: Tensor | None,
+        y: Tensor,
+        counted: Tensor,
+        class_weight: Tensor,
+        scale: Tensor,
+        options: tuple[Any, ...],
+    ) -> Tensor:
+        """∂(Σ_i scale_i·l_i)/∂z of a chunk's rows (scale: the upstream gradient over the mean's
+        divisor, a scalar or one value per row)."""
+        _, _, label_smoothing, _, z_loss, _ = options
+        y_safe = torch.where(counted, y, 0).long()
+        w_y = torch.where(counted, class_weight[y_safe], 0.0)[:, None]
+        row_max = s.amax(dim=1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+        exp_shifted = (s - row_max).exp()
+        sum_exp = exp_shifted.sum(dim=1, keepdim=True)
+        p = exp_shifted / sum_exp
+        one_hot = torch.zeros_like(s).scatter_(1, y_safe[:, None], 1.0)
+        grad = (1 - label_smoothing) * w_y * (p - one_hot)
+        if label_smoothing:
+            shared = self.smoothing_shares(s.shape[1], label_smoothing, s) * class_weight
+            grad = grad + p * shared.sum() - shared
+        if z_loss:
+            lse = sum_exp.log() + row_max
+            grad = grad + 2 * z_loss * w_y * lse * p
+        if tanh is not None:
+            grad = grad * self.softcap_chain(tanh)
+        scale = scale[:, None] if scale.dim() == 1 else scale
+        return torch.where(counted[:, None], grad * scale, self.ignored_rows_gradient(p * scale))
+
+
+class _ChunkedLinearFunction(torch.autograd.Function):
+    """Forward: per-row losses chunk by chunk. Backward: each chunk's logits again."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        steps: ChunkedLinearLoss,
+        input: Tensor,
+        linear_weight: Tensor,
+        linear_bias: Tensor | None,
+        target: Tensor,
+        *options: Any,
+    ) -> Tensor:
+        ignore_index, reduction, _, weight, _, softcap = options
+        dtype = _compute_dtype(input)
+        classes = linear_weight.shape[0]
+        class_weight = (
+            torch.ones(classes, dtype=dtype, device=input.device)
+            if weight is None
+            else weight.to(dtype)
+        )
+        chunks = steps.row_chunks(input.shape[0])
+        losses, weights = [], []
+        for chunk in chunks:
+            s, _ = steps.logits(input[chunk], linear_weight, linear_bias, softcap)
+            y = target[chunk]
+            chunk_loss, chunk_weight = steps.chunk_losses(
+                s, y, y != ignore_index, class_weight, options
+            )
+            losses.append(chunk_loss)
+            weights.append(chunk_weight)
+        divisors = steps.mean_divisors(weights) if reduction == "mean" else []
+        if reduction == "none":
+            result = torch.zeros(input.shape[0], dtype=dtype, device=input.device)
+            for chunk, chunk_loss in zip(chunks, losses, strict=True):
+                result[chunk] = chunk_loss
+        elif reduction == "sum":
+            result = torch.stack([chunk_loss.sum() for chunk_loss in losses]).sum()
+        else:
+            parts = [part.sum() / d for part, d in zip(losses, divisors, strict=True)]
+            # No chunk at all (N = 0): 0/0, the NaN of a mean over no counted row.
+            empty = torch.tensor(float("nan"), dtype=dtype, device=input.device)
+            result = torch.stack(parts).sum() if parts else empty
+        ctx.steps, ctx.options, ctx.divisors = steps, options, divisors
+        ctx.save_for_backward(input, linear_weight, linear_bias, target, class_weight)
+        return result.to(input.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, linear_weight, linear_bias, target, class_weight = ctx.saved_tensors
+        steps: ChunkedLinearLoss = ctx.steps
+        ignore_index, reduction, _, _, _, softcap = ctx.options
+        dtype = class_weight.dtype
+        upstream = steps.upstream(grad_output).to(dtype)
+        weight_in_dtype = linear_weight.to(dtype)
+        grad_input = torch.zeros_like(input)
+        grad_weight = torch.zeros(linear_weight.shape, dtype=dtype, device=input.device)
+        grad_bias = torch.zeros(linear_weight.shape[0], dtype=dtype, device=input.device)
+        for k, chunk in enumerate(steps.row_chunks(input.shape[0])):
+            s, tanh = steps.logits(input[chunk], linear_weight, linear_bias, softcap)
+            y = target[chunk]
+            counted = y != ignore_index
+            scale = upstream[chunk] if reduction == "none" else upstream
+            if reduction == "mean":
+                # With no counted row every row's gradient is zero; keep it so, not 0/0.
+                divisor = ctx.divisors[k]
+                scale = scale / torch.where(divisor == 0, 1.0, divisor)
+            g = steps.chunk_gradient(s, tanh, y, counted, class_weight, scale, ctx.options)
+            # An ignored row's ∂L/∂input is exactly 0, also where g·W would meet an inf in W.
+            grad_input[chunk] = torch.where(counted[:, None], g @ weight_in_dtype, 0.0).to(
+                input.dtype
+            )
+            grad_weight = steps.add_weight_gradient(
+                grad_weight, g.t() @ input[chunk].to(dtype), linear_weight.dtype
+            )
+            grad_bias = grad_bias + g.sum(dim=0)
+        bias_gradient = (
+            None if linear_bias is None else steps.bias_gradient(grad_bias).to(linear_bias.dtype)
+        )
+        return (
+            None,
+            grad_input,
+            grad_weight.to(linear_weight.dtype),
+            bias_gradient,
+            *(None,) * 7,
+        )
+
+
+#: The same declared with its extra options, so z-loss and softcap are checked too.
+chunked_linear_kernel = KernelSpec(
+    fn=chunked_linear_cross_entropy,
+    name="properties.kernels.correct.chunked_linear_cross_entropy (with z_loss, softcap)",
+    contract="linear",
     options={"z_loss": "z_loss", "softcap": "softcap"},
 )
