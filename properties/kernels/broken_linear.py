@@ -93,6 +93,10 @@ def mean_of_chunk_means(
 
 
 class _WeightGradientInParameterDtype(ChunkedLinearLoss):
+    #: Chunks of two rows: a few hundred rows make a hundred chunks and more, where the stall of
+    #: a bfloat16 running sum shows (the chunk size is not the bug).
+    chunk_rows = 2
+
     def add_weight_gradient(
         self, total: Tensor, chunk: Tensor, weight_dtype: torch.dtype
     ) -> Tensor:
@@ -116,9 +120,10 @@ def weight_grad_accumulated_in_bf16(
     gᵀ·x is rounded to bfloat16 and added to a bfloat16 running sum (what Liger-Kernel's fused
     linear cross-entropy does with its default accum_dtype=None). Correct in float32; in
     bfloat16 the sum stalls once it is about 2^8 times a chunk's contribution, which takes
-    dozens of chunks (a few hundred rows at 7 rows a chunk) whose contributions share a sign.
+    dozens of chunks whose contributions share a sign (its chunks are of 2 rows, so a few
+    hundred rows make over a hundred).
 
-    Caught by: LCE-GRAD (bfloat16)
+    Caught by: LCE-GRAD-ACCUMULATE (bfloat16)
     """
     return _WeightGradientInParameterDtype().loss(
         input,

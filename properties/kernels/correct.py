@@ -274,6 +274,8 @@ class ChunkedLinearLoss:
 
     def mean_divisors(self, chunk_weights: list[Tensor]) -> list[Tensor]:
         """What each chunk's rows are divided by in a mean: Σ w_y over the whole batch."""
+        if not chunk_weights:
+            return []
         total = torch.stack([w.sum() for w in chunk_weights]).sum()
         return [total] * len(chunk_weights)
 
@@ -394,17 +396,18 @@ class _ChunkedLinearFunction(torch.autograd.Function):
             losses.append(chunk_loss)
             weights.append(chunk_weight)
         divisors = steps.mean_divisors(weights) if reduction == "mean" else []
+        # Summed chunk by chunk from a zero: a batch may have no (computed) chunk at all.
+        zero = torch.zeros((), dtype=dtype, device=input.device)
         if reduction == "none":
             result = torch.zeros(input.shape[0], dtype=dtype, device=input.device)
             for chunk, chunk_loss in zip(chunks, losses, strict=True):
                 result[chunk] = chunk_loss
         elif reduction == "sum":
-            result = torch.stack([chunk_loss.sum() for chunk_loss in losses]).sum()
+            result = sum((chunk_loss.sum() for chunk_loss in losses), zero)
         else:
             parts = [part.sum() / d for part, d in zip(losses, divisors, strict=True)]
-            # No chunk at all (N = 0): 0/0, the NaN of a mean over no counted row.
-            empty = torch.tensor(float("nan"), dtype=dtype, device=input.device)
-            result = torch.stack(parts).sum() if parts else empty
+            # With no chunk the mean is 0/0: the NaN of a mean over no counted row.
+            result = sum(parts, zero) if parts else zero / zero
         ctx.steps, ctx.options, ctx.divisors = steps, options, divisors
         ctx.save_for_backward(input, linear_weight, linear_bias, target, class_weight)
         return result.to(input.dtype)

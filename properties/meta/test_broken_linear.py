@@ -21,7 +21,11 @@ import torch.nn.functional as F
 
 from properties.engine.kernel import KernelSpec, resolve
 from properties.kernels import broken_linear
-from properties.kernels.correct import CHUNK_ROWS, chunked_linear_cross_entropy
+from properties.kernels.correct import (
+    CHUNK_ROWS,
+    ChunkedLinearLoss,
+    chunked_linear_cross_entropy,
+)
 from reference import DEFAULT_IGNORE_INDEX
 
 Kernel = Callable[..., torch.Tensor]
@@ -89,7 +93,7 @@ def test_every_broken_kernel_names_the_clause_that_catches_it() -> None:
     assert found == {
         "drops_chunk_tail": "LCE-VALUE",
         "mean_of_chunk_means": "LCE-MEAN-DIVISOR",
-        "weight_grad_accumulated_in_bf16": "LCE-GRAD",
+        "weight_grad_accumulated_in_bf16": "LCE-GRAD-ACCUMULATE",
         "forgets_bias_gradient": "LCE-GRAD",
         "ignored_rows_leak_into_weight_grad": "LCE-IGNORED",
         "softcap_grad_without_sech2": "LCE-GRAD",
@@ -138,11 +142,11 @@ def test_mean_of_chunk_means_weights_a_sparse_chunk_too_much() -> None:
 
 
 def test_weight_grad_in_bf16_stalls_over_many_chunks() -> None:
-    """300 chunks of non-negative inputs; class 7 is nobody's target, so every row's
+    """Over a thousand chunks of non-negative inputs; class 7 is nobody's target, so every row's
     contribution p_i7·x_i to its column of ∂L/∂W is positive. In bfloat16 the broken running sum
     is off by more than 2^-5 relatively (8 bfloat16 units); the correct float32 sum by less than
-    2^-8 (its one final rounding to bfloat16, plus float32 noise). In float32 the two agree bit for
-    bit."""
+    2^-8 (its one final rounding to bfloat16, plus float32 noise). In float32 it agrees bit for
+    bit with the correct kernel in chunks of its size."""
     rows, classes = 300 * CHUNK_ROWS, 8
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(rows, 4, generator=generator)
@@ -166,9 +170,11 @@ def test_weight_grad_in_bf16_stalls_over_many_chunks() -> None:
 
     assert relative_error(broken_linear.weight_grad_accumulated_in_bf16) > 2.0**-5
     assert relative_error(chunked_linear_cross_entropy) < 2.0**-8
+    same_chunks = ChunkedLinearLoss()
+    same_chunks.chunk_rows = broken_linear._WeightGradientInParameterDtype.chunk_rows
     assert torch.equal(
         weight_gradient(broken_linear.weight_grad_accumulated_in_bf16, torch.float32),
-        weight_gradient(chunked_linear_cross_entropy, torch.float32),
+        weight_gradient(same_chunks.loss, torch.float32),
     )
 
 
