@@ -83,16 +83,18 @@ def linear_cross_entropy(
     (float32 under autocast); 0-d for mean and sum, (N,) for none.
     """
     _check_options(ignore_index, reduction, label_smoothing)
-    _check_linear_arguments(input, linear_weight, target, linear_bias, weight)
     _check_extra_options(z_loss, softcap, chunk_rows)
+    autocast = isinstance(input, Tensor) and _autocast_enabled(input.device.type)
+    if autocast:
+        # What F.linear does under autocast: its floating operands, float64 excepted, in the
+        # autocast dtype (so they may come in different dtypes, as to F.linear there).
+        low = torch.get_autocast_dtype(input.device.type)
+        input, linear_weight, linear_bias = (
+            _autocast_operand(t, low) for t in (input, linear_weight, linear_bias)
+        )
+    _check_linear_arguments(input, linear_weight, target, linear_bias, weight)
     if input.device.type == "cpu":
         _check_target_range(target, linear_weight.shape[0], ignore_index)
-    autocast = _autocast_enabled(input.device.type)
-    if autocast:
-        # What F.linear does under autocast: its floating operands in the autocast dtype.
-        low = torch.get_autocast_dtype(input.device.type)
-        input, linear_weight = input.to(low), linear_weight.to(low)
-        linear_bias = linear_bias.to(low) if linear_bias is not None else None
     result: Tensor = _LinearCrossEntropy.apply(
         input,
         linear_weight,
@@ -311,6 +313,12 @@ class _ChunkLoss:
         scale = scale[:, None] if scale.dim() == 1 else scale
         # Ignored rows get exactly 0, also under an infinite or NaN upstream gradient.
         return torch.where(counted[:, None], g * scale, 0.0)
+
+
+def _autocast_operand(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+        return value.to(dtype)
+    return value
 
 
 def _chunks(rows: int, chunk_rows: int) -> list[slice]:
