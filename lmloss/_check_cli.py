@@ -39,9 +39,12 @@ def add_parser(subparsers: Any) -> None:
         "check",
         help="run the property suite against a cross-entropy kernel",
         description=(
-            "Run every clause of the lmloss specification against a kernel shaped like "
-            "torch.nn.functional.cross_entropy and report which hold, with the smallest "
-            "counterexample for each that fails. Exit 0: every applicable clause holds; "
+            "Run every clause of the lmloss specification against a kernel and report which "
+            "hold, with the smallest counterexample for each that fails. A kernel shaped like "
+            "torch.nn.functional.cross_entropy gets the CE- clauses; one shaped like "
+            "torch.nn.functional.linear_cross_entropy (parameters input, linear_weight, "
+            "target; or a KernelSpec with contract='linear') gets the LCE- clauses. "
+            "Exit 0: every applicable clause holds; "
             "1: a clause failed; 2: the SPEC or the arguments cannot be used."
         ),
     )

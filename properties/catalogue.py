@@ -27,6 +27,9 @@ from properties.ce import (
     value,
 )
 from properties.engine.clause import Clause
+from properties.lce import gradient as linear_gradient
+from properties.lce import structure as linear_structure
+from properties.lce import value as linear_value
 
 #: Contract 2 (``F.cross_entropy``-shaped kernels), section by section.
 CROSS_ENTROPY_SECTIONS = (
@@ -47,8 +50,11 @@ CROSS_ENTROPY_SECTIONS = (
     bounds,
 )
 
+#: Contract 3 (``F.linear_cross_entropy``-shaped kernels).
+LINEAR_SECTIONS = (linear_value, linear_gradient, linear_structure)
+
 CLAUSES: tuple[Clause, ...] = tuple(
-    clause for section in CROSS_ENTROPY_SECTIONS for clause in section.CLAUSES
+    clause for section in CROSS_ENTROPY_SECTIONS + LINEAR_SECTIONS for clause in section.CLAUSES
 )
 BY_ID: Mapping[str, Clause] = {clause.id: clause for clause in CLAUSES}
 BY_CONTRACT: Mapping[str, tuple[Clause, ...]] = {

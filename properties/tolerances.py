@@ -47,13 +47,16 @@ import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from properties.ce.problem import Problem
 from properties.engine.defaults import DTYPES
 from properties.engine.dtypes import smallest_normal, unit_roundoff
+
+if TYPE_CHECKING:
+    from properties.lce.problem import LinearProblem
 
 #: Unit roundoff u = 2^-p (p = significand bits with the implicit one): a correctly rounded
 #: result lies within a relative u of the exact value (2^-24, 2^-8, 2^-11; from torch.finfo).
@@ -430,6 +433,128 @@ def gradient_row_sum_bound(problem: Problem, grad_output: torch.Tensor) -> torch
     return gradient_bound(problem, grad_output).sum(1)
 
 
+# --- Contract 3: fused projection + loss ----------------------------------------------------
+# A fused kernel never holds the exact logits z = x·Wᵀ + b: it computes them by a GEMM, then the
+# loss of contract 2 on what it computed. The error model:
+#   - the GEMM accumulates in float32, in any order (split-K, blocks, chunks of rows), with the
+#     bias added in float32: D products (exact for bfloat16 and float16 inputs, one rounding each
+#     in float32) and D additions on any term's path, γ_{D+1}(u_w) relative to Σ_d|x_d·W_jd| + |b_j|;
+#   - it may round the logits once to the input dtype, as torch's reference path
+#     cross_entropy(linear(input, W, b)) does for bfloat16: u_s·|z|;
+#   - then the loss and ∂L/∂z as contract 2 allows, on those logits;
+#   - ∂L/∂input = ∂L/∂z·W and ∂L/∂W = ∂L/∂zᵀ·input by GEMMs that accumulate in float32 over C
+#     and over N (in any order, chunked or not), ∂L/∂b = Σ_i ∂L/∂z_i likewise, each rounded once
+#     to its tensor's dtype at the end. ∂L/∂z may be rounded to the input dtype first (torch's
+#     reference path keeps it in bfloat16): contract 2's gradient bound allows that.
+# Not allowed: logits from a GEMM in bfloat16 accumulation or TF32, ∂L/∂W summed across chunks in
+# bfloat16 (each chunk's part rounded and added in bfloat16: the running sum stalls), a mean
+# of chunk means, rows or classes left out.
+# Where a correct and a wrong kernel are hard to tell apart: ∂L/∂W accumulated in bfloat16
+# across k chunks errs by up to about k·u_s/2 of the running sum, against a bound of about
+# 4·u_s·Σ_i|∂L/∂z_ij·x_id| (∂L/∂z stored in bfloat16, then the output's rounding): it shows
+# only where k is in the dozens and the contributions of a column share their sign (a class
+# that is nobody's target meets non-negative inputs); with a few chunks, or inputs of random
+# sign, it hides.
+
+
+def linear_logit_error(problem: LinearProblem) -> torch.Tensor:
+    """(N, C) bound on |ẑ_ij − z_ij| for the logits a correct fused kernel computes."""
+    magnitudes = problem.magnitudes()
+    gemm = gamma(problem.depth + 1, WORKING) * magnitudes
+    stored = storage_roundoff(problem.dtype) * (problem.logits().abs() + gemm)
+    return gemm + stored + SMALLEST_NORMAL["float32"]
+
+
+def _perturbation(problem: LinearProblem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(δ (N, C), Δ (N,), e^{2Δ} − 1 (N,)): the logits' error bound, its largest entry per row,
+    and the largest relative change of any p_ij when every logit of the row moves by up to Δ
+    (p_j = e^{z_j}/Σ_k e^{z_k}: numerator and denominator each move by a factor within e^{±Δ};
+    a soft cap s·tanh(z/s) moves by no more than z does)."""
+    delta = linear_logit_error(problem)
+    largest = delta.amax(dim=1) if delta.shape[1] else delta.sum(dim=1)
+    return delta, largest, torch.expm1(2 * largest)
+
+
+def _moved_token_losses(problem: LinearProblem) -> torch.Tensor:
+    """(N,) how far each token's exact loss moves when its logits move within δ.
+
+    ℓ_i is differentiable in z_i with ∂ℓ_i/∂z_ij = (p_ij·(T_i + 2z·w_y·lse_i) − t_ij)·chain_ij
+    (t the target distribution, T_i its mass; chain = 1 − tanh², at most 1). Along the segment
+    from z to ẑ, p_ij stays within a factor e^{2Δ_i} and lse within Δ_i, so
+    |Δℓ_i| ≤ Σ_j (p_ij·e^{2Δ_i}·(T_i + 2z·w_y·(|lse_i| + Δ_i)) + t_ij)·δ_ij."""
+    logits = problem.logits_problem()
+    rows = _rows(logits)
+    delta, largest, growth = _perturbation(problem)
+    t = _target_distribution(logits)
+    z_weight = 2 * problem.z_loss * _target_weights(logits) * (rows.lse.abs() + largest)
+    mass = t.sum(1) + z_weight
+    sensitivity = rows.probs * ((1 + growth) * mass)[:, None] + t
+    return torch.where(logits.counted, (sensitivity * delta).sum(1), 0.0)
+
+
+def linear_loss_bound(problem: LinearProblem) -> torch.Tensor:
+    """Bound on a fused kernel's loss error: contract 2's bound on the exact logits, plus each
+    token's move under the logits' error, reduced as contract 2 reduces (N,) or 0-d."""
+    logits = problem.logits_problem()
+    per_token = token_loss_bounds(logits) + _moved_token_losses(problem)
+    return _reduced_bound(logits, per_token)
+
+
+def _logit_gradient_error(
+    problem: LinearProblem, grad_output: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, C) bound on |ĝ − g|, (N, C) bound on |ĝ|) for g = ∂L/∂z as a fused kernel forms it:
+    contract 2's gradient bound at z, plus the move of g_ij = a_i·r_ij·c_ij when z moves by δ:
+    r_ij = p_ij·(T_i + 2z·w_y·lse_i) − t_ij moves by |Δp_ij|·(T_i + 2z·w_y·(|lse_i| + Δ_i))
+    + p_ij·e^{2Δ_i}·2z·w_y·Δ_i with |Δp_ij| ≤ p_ij·(e^{2Δ_i} − 1); a soft cap's chain
+    c = 1 − tanh²(z/s) moves by at most max|2·tanh·sech²|/s·δ = 0.77·δ/s."""
+    logits = problem.logits_problem()
+    rows = _rows(logits)
+    delta, largest, growth = _perturbation(problem)
+    a = _row_scale(logits, grad_output).abs()[:, None]
+    t = _target_distribution(logits)
+    z_scale = 2 * problem.z_loss * _target_weights(logits)[:, None]
+    lse = rows.lse.abs()[:, None]
+    moved_p = rows.probs * growth[:, None]
+    moved_r = moved_p * (t.sum(1, keepdim=True) + z_scale * (lse + largest[:, None]))
+    moved_r = moved_r + rows.probs * (1 + growth[:, None]) * z_scale * largest[:, None]
+    raw = (rows.probs * (t.sum(1, keepdim=True) + z_scale * lse) - t).abs()
+    moved = a * moved_r
+    if problem.softcap is not None:
+        moved = moved + a * (raw + moved_r) * 0.77 * delta / problem.softcap
+    error = gradient_bound(logits, grad_output) + torch.where(logits.counted[:, None], moved, 0.0)
+    return error, gradient_values(logits, grad_output).abs() + error
+
+
+def linear_gradient_bounds(
+    problem: LinearProblem, grad_output: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Bounds on the errors of ∂L/∂input (N, D), ∂L/∂W (C, D) and ∂L/∂b (C,) (None without a
+    bias): the error of ∂L/∂z carried through each GEMM (|ĝ − g|·|W|, |ĝ − g|ᵀ·|x|), the GEMM's
+    own float32 accumulation over C or N terms (γ·|ĝ|·|W| ...), and the output's rounding to its
+    dtype (u_s·|exact|)."""
+    logits = problem.logits_problem()
+    u_s = storage_roundoff(problem.dtype)
+    error, size = _logit_gradient_error(problem, grad_output)
+    exact = gradient_values(logits, grad_output)
+    x, w = problem.input, problem.linear_weight
+    rows, classes = x.shape[0], problem.classes
+    floor = SMALLEST_NORMAL[problem.dtype]
+
+    def carried(
+        error_part: torch.Tensor, accumulated: torch.Tensor, exact_value: torch.Tensor, terms: int
+    ) -> torch.Tensor:
+        bound = error_part + gamma(terms + 1, WORKING) * accumulated
+        return bound + u_s * (exact_value.abs() + bound) + floor
+
+    for_input = carried(error @ w.abs(), size @ w.abs(), exact @ w, classes)
+    for_weight = carried(error.T @ x.abs(), size.T @ x.abs(), exact.T @ x, rows)
+    for_bias = None
+    if problem.linear_bias is not None:
+        for_bias = carried(error.sum(0), size.sum(0), exact.sum(0), rows)
+    return for_input, for_weight, for_bias
+
+
 # --- Parameter gradients of the training loop ----------------------------------------------
 # The loss and the gradient that reach the logits are compared with the oracle under "loss" and
 # "gradient". What is left is the gradient of the *parameters*, which the oracle cannot give:
@@ -489,11 +614,13 @@ def bits_per_byte_bound(bits: float) -> float:
 
 
 #: Every tolerance by the key a clause's docstring names after ``tol:``.
-TOLERANCES: Mapping[str, Callable[..., torch.Tensor]] = {
+TOLERANCES: Mapping[str, Callable[..., Any]] = {
     "loss": loss_bound,
     "offset_loss": offset_loss_bound,
     "perplexity": perplexity_bound,
     "gradient": gradient_bound,
     "gradient_row_sum": gradient_row_sum_bound,
     "reordered_float64": reordered_float64_bound,
+    "linear_loss": linear_loss_bound,
+    "linear_gradient": linear_gradient_bounds,
 }
