@@ -3,7 +3,8 @@
 Implementation tests of this project's fused kernel, not its specification (the LCE clauses
 state that, against the oracle): the reference is the unfused ``F.cross_entropy(F.linear(...))``
 computed in float64 from the same inputs, plus the z-loss term z·w_y·lse² and the softcap, with
-torch's autograd for its gradients.
+torch's autograd for its gradients. The bounds, and their derivation, are properties.tolerances'
+exact_logits_loss_bound and exact_logits_gradient_bounds.
 
 Inputs are drawn on a grid so that every logit is exact in every dtype and whatever the GEMM's
 order of additions: x has entries k·2^-a and W entries k·2^-b (|k| ≤ 3), the bias k·2^-(a+b)
@@ -33,6 +34,11 @@ from lmloss import LINEAR_SPEC, linear_cross_entropy
 from lmloss._linear import CHUNK_ROWS
 from properties.engine.checks import assert_within
 from properties.engine.kernel import resolve
+from properties.tolerances import (
+    ExactLogitsMagnitudes,
+    exact_logits_gradient_bounds,
+    exact_logits_loss_bound,
+)
 from reference import DEFAULT_IGNORE_INDEX
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -133,10 +139,7 @@ class Reference:
     grad_input: torch.Tensor
     grad_weight: torch.Tensor
     grad_bias: torch.Tensor | None
-    row_magnitude: torch.Tensor  # M_i of loss_bounds, (N,)
-    row_losses: torch.Tensor  # |l_i|, (N,)
-    logit_gradient_magnitude: torch.Tensor  # G_ic of gradient_bounds, (N, C)
-    total_weight: float  # Σ w_y over the counted rows
+    magnitudes: ExactLogitsMagnitudes
 
 
 def unfused_reference(problem: Problem, reduction: str, grad_output: torch.Tensor) -> Reference:
@@ -171,7 +174,7 @@ def unfused_reference(problem: Problem, reduction: str, grad_output: torch.Tenso
     parameters = (x, W) if b is None else (x, W, b)
     gradients = torch.autograd.grad(loss, parameters, grad_output.double())
 
-    with torch.no_grad():
+    with torch.no_grad():  # M_i and G_ic of properties.tolerances' exact-logits analysis
         row_losses = (
             F.cross_entropy(s, problem.target, weight=weight, reduction="none", **options).abs()
             + z_term.abs()
@@ -201,74 +204,13 @@ def unfused_reference(problem: Problem, reduction: str, grad_output: torch.Tenso
         grad_input=gradients[0],
         grad_weight=gradients[1],
         grad_bias=gradients[2] if b is not None else None,
-        row_magnitude=torch.where(counted, magnitude, 0.0),
-        row_losses=row_losses,
-        logit_gradient_magnitude=logit_gradient,
-        total_weight=float(total),
+        magnitudes=ExactLogitsMagnitudes(
+            row_magnitude=torch.where(counted, magnitude, 0.0),
+            row_losses=row_losses,
+            logit_gradient_magnitude=logit_gradient,
+            total_weight=float(total),
+        ),
     )
-
-
-# --- Bounds -----------------------------------------------------------------------------------
-#
-# Standard forward error analysis, u the unit roundoff of the compute dtype (float32: 2^-24;
-# float64 for float64 inputs), u_out that of the result's dtype (its one final rounding):
-# - a row's loss combines C exponentials (their sum: γ_C), a log, and a handful of rounded
-#   operations (shift, subtraction, the products by w_y, ε, z, the tanh of the softcap) on
-#   numbers no larger than 1 + |lse| + max_c |s_c|; the z-loss multiplies lse's error by 2z|lse|:
-#   |Δl_i| ≤ (C + 8)·u·M_i, M_i = ((1 − ε)·w_y + ε·max w)·(1 + |lse_i| + max_c |s_ic|)·(1 + 2z|lse_i|).
-# - a sum over N rows adds γ_N·Σ|l_i| (≤ N·u·Σ|l_i|); the mean's Σ w_y adds N·u relative.
-# - ∂l_i/∂z_ic is a sum of three terms (p times a coefficient, the one-hot, the smoothing share)
-#   each computed with relative error ≤ (C + 8)·u (p carries the sum of C exponentials; the
-#   z-loss coefficient carries lse's error, hence its 1 + |lse| + max |s| factor; the softcap's
-#   1 − tanh² is ≤ 1 and its absolute error a few u): |Δg_ic| ≤ (C + 8)·u·G_ic, G_ic the sum of
-#   the terms' magnitudes times the row's upstream factor (÷ Σ w_y for the mean).
-# - ∂L/∂input = g·W sums C products, ∂L/∂W = gᵀ·input and ∂L/∂b = Σ_i g sum N: each adds
-#   γ_n·Σ|terms|.
-# The result's one rounding to its dtype adds u_out·|computed| ≤ u_out·(|expected| + error):
-# every bound is (1 + u_out)·error + u_out·|expected|.
-
-
-def unit_roundoff(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).eps / 2
-
-
-def compute_roundoff(dtype: torch.dtype) -> float:
-    return unit_roundoff(torch.promote_types(dtype, torch.float32))
-
-
-def loss_bounds(reference: Reference, reduction: str, dtype: torch.dtype) -> torch.Tensor:
-    u, u_out = compute_roundoff(dtype), unit_roundoff(dtype)
-    rows, classes = reference.logit_gradient_magnitude.shape
-    per_row = (classes + 8) * u * reference.row_magnitude
-    expected = reference.loss.abs()
-    if reduction == "none":
-        computed = per_row
-    else:
-        computed = per_row.sum() + rows * u * reference.row_losses.sum()
-    if reduction == "mean":
-        computed = computed / reference.total_weight + rows * u * expected
-    return (1 + u_out) * computed + u_out * expected
-
-
-def gradient_bounds(
-    reference: Reference, problem: Problem, reduction: str, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    u, u_out = compute_roundoff(dtype), unit_roundoff(dtype)
-    rows, classes = reference.logit_gradient_magnitude.shape
-    per_logit = classes + 8 + (rows if reduction == "mean" else 0)
-    G = reference.logit_gradient_magnitude
-    x = problem.input.detach().double().abs()
-    W = problem.linear_weight.detach().double().abs()
-
-    def rounded(computed: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-        return (1 + u_out) * computed + u_out * expected.abs()
-
-    grad_input = rounded(u * (per_logit + classes) * (G @ W), reference.grad_input)
-    grad_weight = rounded(u * (per_logit + rows) * (G.t() @ x), reference.grad_weight)
-    grad_bias = None
-    if reference.grad_bias is not None:
-        grad_bias = rounded(u * (per_logit + rows) * G.sum(dim=0), reference.grad_bias)
-    return grad_input, grad_weight, grad_bias
 
 
 def upstream_gradient(reduction: str, rows: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -306,16 +248,26 @@ def check_against_reference(
         f"bias={problem.linear_bias is not None}, weight={problem.weight is not None}, {call}"
     )
     by = "the unfused float64 reference"
+    dtype_name = str(dtype).removeprefix("torch.")
     assert_within(
         "loss",
         loss,
         reference.loss,
-        loss_bounds(reference, reduction, dtype),
+        exact_logits_loss_bound(
+            reference.magnitudes, reference.loss, reduction=reduction, dtype=dtype_name
+        ),
         context,
         expected_by=by,
     )
-    bounds = gradient_bounds(reference, problem, reduction, dtype)
     expected = (reference.grad_input, reference.grad_weight, reference.grad_bias)
+    bounds = exact_logits_gradient_bounds(
+        reference.magnitudes,
+        problem.input,
+        problem.linear_weight,
+        expected,
+        reduction=reduction,
+        dtype=dtype_name,
+    )
     names = ("∂L/∂input", "∂L/∂W", "∂L/∂b")[: len(gradients)]
     for name, actual, wanted, bound in zip(
         names, gradients, expected[: len(names)], bounds[: len(names)], strict=True
@@ -445,7 +397,9 @@ def test_autocast_runs_the_projection_in_bfloat16_and_returns_float32() -> None:
         "loss under autocast",
         loss,
         reference.loss,
-        loss_bounds(reference, "mean", torch.float32),
+        exact_logits_loss_bound(
+            reference.magnitudes, reference.loss, reduction="mean", dtype="float32"
+        ),
         "autocast bfloat16",
         expected_by="the unfused float64 reference",
     )

@@ -613,6 +613,146 @@ def bits_per_byte_bound(bits: float) -> float:
     return (6 * abs(bits) + 6) * FLOAT64_ROUNDOFF
 
 
+# --- The fused projection + loss of lmloss (implementation tests) --------------------------------
+# Bounds of this project's own fused kernel, lmloss.linear_cross_entropy, against an unfused
+# computation on the same inputs (not against the oracle, which contract 3's bounds above do).
+#
+# properties/test_linear_loss.py compares it with F.cross_entropy(F.linear(...)) in float64 on
+# inputs whose logits are exact in every dtype and whatever the GEMM's order of additions, so
+# what is bounded here is the chunked loss arithmetic alone. Standard forward error analysis,
+# u the unit roundoff of the compute dtype (float32: 2^-24; float64 for float64 inputs), u_out
+# that of the result's dtype (its one final rounding):
+# - a row's loss combines C exponentials (their sum: γ_C), a log, and a handful of rounded
+#   operations (shift, subtraction, the products by w_y, ε, z, the tanh of the softcap) on
+#   numbers no larger than 1 + |lse| + max_c |s_c|; the z-loss multiplies lse's error by 2z|lse|:
+#   |Δl_i| ≤ (C + 8)·u·M_i, M_i = ((1 − ε)·w_y + ε·max w)·(1 + |lse_i| + max_c |s_ic|)·(1 + 2z|lse_i|).
+# - a sum over N rows adds γ_N·Σ|l_i| (≤ N·u·Σ|l_i|); the mean's Σ w_y adds N·u relative.
+# - ∂l_i/∂z_ic is a sum of three terms (p times a coefficient, the one-hot, the smoothing share)
+#   each computed with relative error ≤ (C + 8)·u (p carries the sum of C exponentials; the
+#   z-loss coefficient carries lse's error, hence its 1 + |lse| + max |s| factor; the softcap's
+#   1 − tanh² is ≤ 1 and its absolute error a few u): |Δg_ic| ≤ (C + 8)·u·G_ic, G_ic the sum of
+#   the terms' magnitudes times the row's upstream factor (÷ Σ w_y for the mean).
+# - ∂L/∂input = g·W sums C products, ∂L/∂W = gᵀ·input and ∂L/∂b = Σ_i g sum N: each adds
+#   γ_n·Σ|terms|.
+# The result's one rounding to its dtype adds u_out·|computed| ≤ u_out·(|expected| + error):
+# every bound is (1 + u_out)·error + u_out·|expected|.
+
+
+@dataclass(frozen=True)
+class ExactLogitsMagnitudes:
+    """The magnitudes of the exact (float64, unfused) loss that the exact-logits bounds scale:
+    M_i and G_ic of the analysis above, each row's |l_i| and the mean's divisor."""
+
+    row_magnitude: torch.Tensor  # (N,) M_i, 0 for ignored rows
+    row_losses: torch.Tensor  # (N,) |l_i| (reduction="none"), z-loss term included
+    logit_gradient_magnitude: torch.Tensor  # (N, C) G_ic, 0 for ignored rows
+    total_weight: float  # Σ w_y over the counted rows
+
+
+def _exact_logits_roundoffs(dtype: str) -> tuple[float, float]:
+    """(u, u_out) for an input dtype: the compute dtype's unit roundoff (float32's for any
+    narrower dtype, float64's for float64) and the result dtype's."""
+    if dtype == "float64":
+        return FLOAT64_ROUNDOFF, FLOAT64_ROUNDOFF
+    return WORKING, storage_roundoff(dtype)
+
+
+def exact_logits_loss_bound(
+    magnitudes: ExactLogitsMagnitudes, expected: torch.Tensor, *, reduction: str, dtype: str
+) -> torch.Tensor:
+    """Bound on |L − L_exact| of lmloss.linear_cross_entropy on inputs whose logits are exact,
+    ``expected`` the exact loss (float64) for ``reduction``: (N,) for "none", else 0-d."""
+    u, u_out = _exact_logits_roundoffs(dtype)
+    rows, classes = magnitudes.logit_gradient_magnitude.shape
+    per_row = (classes + 8) * u * magnitudes.row_magnitude
+    expected = expected.abs()
+    if reduction == "none":
+        computed = per_row
+    else:
+        computed = per_row.sum() + rows * u * magnitudes.row_losses.sum()
+    if reduction == "mean":
+        computed = computed / magnitudes.total_weight + rows * u * expected
+    return (1 + u_out) * computed + u_out * expected
+
+
+def exact_logits_gradient_bounds(
+    magnitudes: ExactLogitsMagnitudes,
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    expected: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    *,
+    reduction: str,
+    dtype: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Bounds on the errors of ∂L/∂input (N, D), ∂L/∂W (C, D) and ∂L/∂b (C,) (None without a
+    bias) of lmloss.linear_cross_entropy on inputs whose logits are exact; ``expected`` holds the
+    exact gradients (float64) in that order."""
+    u, u_out = _exact_logits_roundoffs(dtype)
+    rows, classes = magnitudes.logit_gradient_magnitude.shape
+    per_logit = classes + 8 + (rows if reduction == "mean" else 0)
+    G = magnitudes.logit_gradient_magnitude
+    x = input.detach().double().abs()
+    W = linear_weight.detach().double().abs()
+    expected_input, expected_weight, expected_bias = expected
+
+    def rounded(computed: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+        return (1 + u_out) * computed + u_out * exact.abs()
+
+    grad_input = rounded(u * (per_logit + classes) * (G @ W), expected_input)
+    grad_weight = rounded(u * (per_logit + rows) * (G.t() @ x), expected_weight)
+    grad_bias = None
+    if expected_bias is not None:
+        grad_bias = rounded(u * (per_logit + rows) * G.sum(dim=0), expected_bias)
+    return grad_input, grad_weight, grad_bias
+
+
+# TRAIN-FUSED-HEAD (properties/training/test_step.py) compares the training step that hands the
+# final hidden states h and the head's weight W to lmloss.linear_cross_entropy with the step that
+# builds the logits, both in float32 on the same h and W. Each step's error against exact
+# arithmetic on the shared h, W, u = u_w = 2^-24, N_c counted rows:
+# - the logits z = h·Wᵀ are dot products of length E in float32, in each step's own order:
+#   |Δz_ic| ≤ E·u·a_ic, a_ic = Σ_d |h_id|·|W_cd|; a token's loss moves by at most 2·max_c |Δz_ic|
+#   (the L1 norm of ∂l/∂z = p − onehot is at most 2), p_ic relatively by at most 2·max_c |Δz_ic|;
+# - from its logits each step computes a token's loss within (C + 8)·u·M_i (C exponentials
+#   summed, a few rounded operations on numbers up to M_i = 1 + |lse_i| + max_c |z_ic|) and
+#   p_ic within (C + 8)·u·M_i relatively (PyTorch's backward forms p = exp(log_softmax), whose
+#   absolute error becomes p's relative one);
+# - the mean sums N_c token losses and divides once, (N_c + 1)·u·L; ∂L/∂h_i = g_i·W sums C
+#   products, C·u·Σ_c |g_ic|·|W_cd|.
+# The difference of the two steps is at most the sum of their errors: twice one step's.
+
+
+def fused_head_float32_bounds(
+    hidden: torch.Tensor, head_weight: torch.Tensor, target: torch.Tensor, counted: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(() bound on |ΔL|, (N, E) bound on |Δ∂L/∂h|) between the float32 training step with the
+    fused head and the one with the logits, on the final hidden states ``hidden`` (N, E), the
+    head's weight (C, E), the targets (N,) and the mask of counted targets (N,)."""
+    with torch.no_grad():
+        h = hidden.double()  # (N, E)
+        W = head_weight.double()  # (C, E)
+        safe_target = torch.where(counted, target, 0)
+        N_c = int(counted.sum())
+        C, E = W.shape
+        u = WORKING
+        z = h @ W.t()
+        a = h.abs() @ W.abs().t()
+        logit_error = E * u * a.amax(dim=1)  # max_c |Δz_ic| of one step, (N,)
+        lse = torch.logsumexp(z, dim=1)
+        magnitude = 1 + lse.abs() + z.abs().amax(dim=1)
+        losses = torch.where(counted, lse - z.gather(1, safe_target[:, None])[:, 0], 0.0)
+        per_token = torch.where(counted, (C + 8) * u * magnitude + 2 * logit_error, 0.0)
+        loss = losses.sum() / N_c
+        loss_bound = 2 * (per_token.sum() / N_c + (N_c + 1) * u * loss)
+        p = torch.softmax(z, dim=1)
+        one_hot = torch.nn.functional.one_hot(safe_target, C).double()
+        terms = torch.where(counted[:, None], p + one_hot, 0.0) / N_c  # |g_ic| ≤ this
+        p_error = ((C + 8) * u * magnitude + 2 * logit_error)[:, None] * p  # |Δp_ic|
+        g_error = torch.where(counted[:, None], p_error / N_c, 0.0)
+        hidden_bound = 2 * (g_error @ W.abs() + C * u * (terms @ W.abs()))
+    return loss_bound, hidden_bound
+
+
 #: Every tolerance by the key a clause's docstring names after ``tol:``.
 TOLERANCES: Mapping[str, Callable[..., Any]] = {
     "loss": loss_bound,
@@ -623,4 +763,5 @@ TOLERANCES: Mapping[str, Callable[..., Any]] = {
     "reordered_float64": reordered_float64_bound,
     "linear_loss": linear_loss_bound,
     "linear_gradient": linear_gradient_bounds,
+    "fused_head_float32": fused_head_float32_bounds,
 }

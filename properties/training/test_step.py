@@ -464,49 +464,6 @@ def one_step(
     return loss, hidden.grad, parameter_gradients(model)
 
 
-def fused_head_float32_bounds(
-    model: GPT, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds on |ΔL| and |Δ∂L/∂h| between the logits step and the fused step in float32.
-
-    Each step's error against exact arithmetic on the shared h, W, u = 2^-24, N_c counted rows:
-    - the logits z = h·Wᵀ are dot products of length E in float32, in each step's own order:
-      |Δz_ic| ≤ E·u·a_ic, a_ic = Σ_d |h_id|·|W_cd|; a token's loss moves by at most 2·max_c |Δz_ic|
-      (the L1 norm of ∂l/∂z = p − onehot is at most 2), p_ic relatively by at most 2·max_c |Δz_ic|;
-    - from its logits each step computes a token's loss within (C + 8)·u·M_i (C exponentials
-      summed, a few rounded operations on numbers up to M_i = 1 + |lse_i| + max_c |z_ic|) and
-      p_ic within (C + 8)·u·M_i relatively (PyTorch's backward forms p = exp(log_softmax), whose
-      absolute error becomes p's relative one);
-    - the mean sums N_c token losses and divides once, (N_c + 1)·u·L; ∂L/∂h_i = g_i·W sums C
-      products, C·u·Σ_c |g_ic|·|W_cd|.
-    The difference of the two steps is at most the sum of their errors: twice one step's.
-    """
-    with torch.no_grad():
-        h = model.hidden_states(x).double().reshape(-1, model.config.n_embd)  # (N, E)
-        W = model.head.weight.double()  # (C, E)
-        target = y.reshape(-1)
-        counted = target != DEFAULT_IGNORE_INDEX
-        N_c = int(counted.sum())
-        C, E = W.shape
-        u = 2.0**-24
-        z = h @ W.t()
-        a = h.abs() @ W.abs().t()
-        logit_error = E * u * a.amax(dim=1)  # max_c |Δz_ic| of one step, (N,)
-        lse = torch.logsumexp(z, dim=1)
-        magnitude = 1 + lse.abs() + z.abs().amax(dim=1)
-        losses = torch.where(counted, lse - z.gather(1, target.clamp(min=0)[:, None])[:, 0], 0.0)
-        per_token = torch.where(counted, (C + 8) * u * magnitude + 2 * logit_error, 0.0)
-        loss = losses.sum() / N_c
-        loss_bound = 2 * (per_token.sum() / N_c + (N_c + 1) * u * loss)
-        p = torch.softmax(z, dim=1)
-        one_hot = torch.nn.functional.one_hot(target.clamp(min=0), C).double()
-        terms = torch.where(counted[:, None], p + one_hot, 0.0) / N_c  # |g_ic| ≤ this
-        p_error = ((C + 8) * u * magnitude + 2 * logit_error)[:, None] * p  # |Δp_ic|
-        g_error = torch.where(counted[:, None], p_error / N_c, 0.0)
-        hidden_bound = 2 * (g_error @ W.abs() + C * u * (terms @ W.abs()))
-    return loss_bound, hidden_bound.reshape(x.shape[0], x.shape[1], E)
-
-
 def fixed_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x, y (B, T) over the small vocabulary, every fourth target ignored."""
     generator = torch.Generator().manual_seed(seed)
@@ -520,7 +477,7 @@ def fixed_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_fused_head_step_equals_the_logits_step_in_float32() -> None:
-    """L and ∂L/∂h of the step with lmloss.linear_cross_entropy = those of the logits step, h the final hidden states, float32 on CPU.  [TRAIN-FUSED-HEAD] tol: fused_head_float32_bounds
+    """L and ∂L/∂h of the step with lmloss.linear_cross_entropy = those of the logits step, h the final hidden states, float32 on CPU.  [TRAIN-FUSED-HEAD] tol: fused_head_float32
 
     Logits of the usual scale and 100 times it (a near-certain model); a quarter of the targets
     ignored. The gradients of the body's parameters follow from ∂L/∂h by the same float32 code in
@@ -532,7 +489,13 @@ def test_fused_head_step_equals_the_logits_step_in_float32() -> None:
         model = tiny_model(SMALL_VOCAB_MODEL, seed=seed, logit_scale=logit_scale)
         loss, hidden_grad, _ = one_step(model, (x, y), fused=False)
         fused_loss, fused_hidden_grad, _ = one_step(model, (x, y), fused=True)
-        loss_bound, hidden_bound = fused_head_float32_bounds(model, x, y)
+        with torch.no_grad():
+            hidden = model.hidden_states(x).reshape(-1, model.config.n_embd)  # (B·T, E)
+        target = y.reshape(-1)
+        loss_bound, hidden_bound = TOLERANCES["fused_head_float32"](
+            hidden, model.head.weight, target, target != DEFAULT_IGNORE_INDEX
+        )
+        hidden_bound = hidden_bound.reshape(hidden_grad.shape)
         context = f"B={FUSED_HEAD_ROWS}, T={x.shape[1]}, logit scale {logit_scale}, float32"
         by = "the logits step"
         assert_within(
