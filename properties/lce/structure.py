@@ -8,15 +8,17 @@ after the forward and the backward pass every input is bit for bit what it was.
 from __future__ import annotations
 
 import torch
+from hypothesis import strategies as st
 
 from properties.engine.checks import check_close, check_equal
-from properties.engine.clause import Mismatch, Trial, clause, supports
-from properties.lce.batches import LinearBatch
+from properties.engine.clause import Mismatch, Trial, accepts, all_of, clause, supports
+from properties.lce.batches import LinearBatch, linear_shapes
 from properties.lce.calls import (
     batch_reproducer,
     context,
     draw_linear_batch,
     draw_upstream,
+    expect_oracle_loss,
     expected_loss,
     loss_of,
     problem_of,
@@ -129,3 +131,51 @@ def inputs_are_left_unchanged(trial: Trial) -> None:
 
 
 CLAUSES = (row_order_and_splitting_do_not_matter, inputs_are_left_unchanged)
+
+
+@st.composite
+def _sequence_shapes(draw: st.DrawFn) -> tuple[int, int, int]:
+    """(N, D, C) with N = B·T for at least two sequences of at least two positions."""
+    rows, depth, classes = draw(linear_shapes())
+    return max(rows, 4), depth, classes
+
+
+@clause(applies=all_of(supports("mean"), accepts("ignore_index")))
+def flattened_sequences_give_the_token_weighted_mean(trial: Trial) -> None:
+    """L(h.reshape(B·T, D), W, y.reshape(B·T)) = Σ_{b,t counted} ℓ_bt / #{counted}, for B ragged sequences padded to T with ignore_index.  [LCE-FLATTEN] tol: linear_loss"""
+    batch = draw_linear_batch(
+        trial,
+        reductions=("mean",),
+        options=("ignore_index", "linear_bias"),
+        shapes=_sequence_shapes(),
+        ignored=st.just(0.0),
+    ).with_options(reduction="mean")
+    rows = batch.rows
+    count = trial.data.draw(
+        st.sampled_from([d for d in range(2, rows + 1) if rows % d == 0 and rows // d >= 2] or [1]),
+        label="sequences",
+    )
+    length = rows // count
+    lengths = [
+        trial.data.draw(st.integers(1, length), label=f"tokens of sequence {b}")
+        for b in range(count)
+    ]
+    padding = [
+        f"target[{b * length + n}:{(b + 1) * length}] = {batch.ignore_index}  # sequence {b} holds {n} tokens"
+        for b, n in enumerate(lengths)
+        if n < length
+    ]
+    padded = LinearBatch(
+        batch.input.then(
+            f"input = input.reshape({count}, {length}, -1).reshape({rows}, -1)  # (B, T, D) flattened"
+        ),
+        batch.linear_weight,
+        batch.target.then(*padding) if padding else batch.target,
+        batch.linear_bias,
+        batch.weight,
+        batch.options,
+    )
+    expect_oracle_loss(trial, padded)
+
+
+CLAUSES = (*CLAUSES, flattened_sequences_give_the_token_weighted_mean)
