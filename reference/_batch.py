@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from mpmath import libmp
 from mpmath.libmp import fzero
 
 from reference import _validate
+from reference._dyadic import Logit
 from reference._enclosure import Enclosure
 
 MPF = tuple
@@ -27,7 +29,7 @@ class Options:
 
 @dataclass(frozen=True)
 class Batch:
-    rows: list[list[float]]
+    rows: Sequence[Sequence[Logit]]  # floats, or the fused projection's exact Dyadic logits
     targets: list[int]
     classes: int
     options: Options
@@ -52,16 +54,10 @@ def prepare(
 ) -> Batch:
     rows = _validate.batch(logits)
     classes = len(rows[0]) if rows else (len(weight) if weight is not None else 0)
-    ignore = _validate.index(ignore_index, "ignore_index")
-    options = Options(
-        ignore_index=ignore,
-        reduction=_validate.reduction(reduction),
-        smoothing=_validate.label_smoothing(label_smoothing),
-        weight=_validate.weight(weight, classes if rows else None),
-        z_loss=_validate.finite(z_loss, "z_loss"),
-        softcap=_validate.softcap(softcap),
+    options = options_of(
+        classes if rows else None, ignore_index, reduction, label_smoothing, weight, z_loss, softcap
     )
-    ts = _validate.targets(targets, len(rows), classes, ignore)
+    ts = _validate.targets(targets, len(rows), classes, options.ignore_index)
     batch = Batch(rows, ts, classes, options)
     for i in batch.counted:
         if options.softcap is None and all(v == -math.inf for v in rows[i]):
@@ -69,6 +65,26 @@ def prepare(
                 f"logits[{i}]: every logit is -inf in a counted row, so its softmax is undefined"
             )
     return batch
+
+
+def options_of(
+    classes: int | None,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    weight: Any,
+    z_loss: Any,
+    softcap: Any,
+) -> Options:
+    """The keywords, checked (the class weights against ``classes`` where that is known)."""
+    return Options(
+        ignore_index=_validate.index(ignore_index, "ignore_index"),
+        reduction=_validate.reduction(reduction),
+        smoothing=_validate.label_smoothing(label_smoothing),
+        weight=_validate.weight(weight, classes),
+        z_loss=_validate.finite(z_loss, "z_loss"),
+        softcap=_validate.softcap(softcap),
+    )
 
 
 def counted_weight(batch: Batch) -> MPF:

@@ -44,6 +44,12 @@ def cross_entropy(
     batch = prepare(
         logits, targets, ignore_index, reduction, label_smoothing, weight, z_loss, softcap
     )
+    return batch_loss(batch, "cross_entropy")
+
+
+def batch_loss(batch: Batch, what: str) -> mpmath.mpf | list[mpmath.mpf]:
+    """The loss of a checked batch (its rows floats or exact Dyadic logits); ``what`` names the
+    caller in PrecisionExhausted's message."""
     options = batch.options
     first = _fast_losses(batch)
     if options.reduction == "none":
@@ -61,7 +67,7 @@ def cross_entropy(
         if first is not None:
             settled = {i: _fast.round_interval(*loss) for i, loss in first[1].items() if loss}
             settled.update((i, 0.0) for i in range(len(batch.rows)) if i not in counted)
-        return certified(evaluate, len(batch.rows), "cross_entropy", settled=settled)
+        return certified(evaluate, len(batch.rows), what, settled=settled)
     if options.reduction == "mean" and not batch.counted:
         return mpmath.mpf("nan")
     if first is not None:
@@ -70,7 +76,7 @@ def cross_entropy(
         value = _fast.reduce(losses, options.reduction, denominator)
         if value is not None:
             return mpf_of_float(value)
-    return certified_scalar(lambda bits: _reduced_loss(batch, bits), "cross_entropy")
+    return certified_scalar(lambda bits: _reduced_loss(batch, bits), what)
 
 
 def _fast_losses(

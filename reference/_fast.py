@@ -38,9 +38,11 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import repeat
+from typing import cast
 
 from mpmath import libmp
 
+from reference._dyadic import Dyadic, Logit
 from reference._enclosure import widen_down, widen_up
 from reference._exp_terms import exp_terms
 from reference._precision import DEFAULT_START_BITS, fast_path_enabled
@@ -146,7 +148,8 @@ _DROPPED_WHOLE_CAP = 4096
 
 
 class FixedRow:
-    """A row of finite or −inf logits (at least one finite, no +inf) at the fast precision."""
+    """A row of finite or −inf logits (at least one finite, no +inf) at the fast precision: floats,
+    or the fused projection's exact Dyadic logits (_dyadic.py)."""
 
     __slots__ = (
         "values",
@@ -164,7 +167,7 @@ class FixedRow:
         "dropped",
     )
 
-    def __init__(self, values: Sequence[float]) -> None:
+    def __init__(self, values: Sequence[Logit]) -> None:
         fraction_bits = FRACTION_BITS
         self.values = values
         masked = -math.inf in values
@@ -298,7 +301,7 @@ class FixedRow:
         return self.gap_sum
 
 
-def _floor_fixed(x: float, fraction_bits: int) -> tuple[int, bool]:
+def _floor_fixed(x: Logit, fraction_bits: int) -> tuple[int, bool]:
     """(⌊x·2^F⌋, whether x·2^F is an integer), exactly."""
     numerator, denominator = x.as_integer_ratio()
     shifted = numerator << fraction_bits
@@ -306,15 +309,22 @@ def _floor_fixed(x: float, fraction_bits: int) -> tuple[int, bool]:
     return floor, floor * denominator == shifted
 
 
-def _on_grid(values: Sequence[float], fraction_bits: int) -> list[int] | None:
+def _on_grid(values: Sequence[Logit], fraction_bits: int) -> list[int] | None:
     """[x·2^F for x in values] as integers when every one is an integer, else None.
 
     ldexp only changes the exponent (exact) while x·2^F stays below 2^1024 (OverflowError
     beyond); the product is an integer when the last bit of x is worth at least 2^-F, which holds
     for |x| ≥ 2^(52 − F) and x = 0. Three C-speed passes instead of a Python loop per value.
+    A row of exact Dyadic logits (the fused projection's) is on the grid where every exponent
+    is at least −F: then each x·2^F is its mantissa shifted.
     """
+    if type(values[0]) is Dyadic:
+        dyadics = cast(Sequence[Dyadic], values)
+        if all(x.exp >= -fraction_bits for x in dyadics):
+            return [x.man << (x.exp + fraction_bits) for x in dyadics]
+        return None
     try:
-        scaled = list(map(math.ldexp, values, repeat(fraction_bits)))
+        scaled = list(map(math.ldexp, cast(Sequence[float], values), repeat(fraction_bits)))
     except OverflowError:
         return None
     if not all(map(float.is_integer, scaled)):
@@ -368,11 +378,11 @@ def _ceil_on_grid(x: tuple) -> int:
     return value << shift if shift >= 0 else -((-value) >> -shift)
 
 
-_cache: OrderedDict[tuple[float, ...], FixedRow] = OrderedDict()
+_cache: OrderedDict[tuple[Logit, ...], FixedRow] = OrderedDict()
 _cached_elements = 0
 
 
-def fixed_row(values: Sequence[float]) -> FixedRow | None:
+def fixed_row(values: Sequence[Logit]) -> FixedRow | None:
     """The row at the fast precision (cached), or None where only the general path applies."""
     global _cached_elements
     key = tuple(values)
@@ -454,7 +464,7 @@ class LossTerms:
             return 1, 0
         return self.weight_ints[j], self.weight_scale
 
-    def row_loss(self, values: Sequence[float], t: int) -> Interval | None:
+    def row_loss(self, values: Sequence[Logit], t: int) -> Interval | None:
         """ℓ of a counted row with target t, or None (an infinity, or the general path's case)."""
         row = fixed_row(values)
         if row is None or values[t] == -math.inf:
@@ -506,7 +516,7 @@ class LossTerms:
 
 
 def row_losses(
-    rows: Sequence[Sequence[float]],
+    rows: Sequence[Sequence[Logit]],
     targets: Sequence[int],
     counted: Sequence[int],
     terms: LossTerms,
@@ -553,7 +563,7 @@ def dyadic_of(x: tuple) -> tuple[int, int]:
 
 def row_gradient(
     terms: LossTerms,
-    values: Sequence[float],
+    values: Sequence[Logit],
     t: int,
     upstream: float,
     denominator: tuple[int, int],

@@ -30,6 +30,7 @@ from mpmath.libmp import fone, fzero
 from reference import _fast, _validate
 from reference._batch import Batch, counted_weight, prepare, smoothing_share
 from reference._certified import certified
+from reference._dyadic import Logit, enclosure_of
 from reference._enclosure import Enclosure
 from reference._row import Row
 from reference._validate import DEFAULT_IGNORE_INDEX
@@ -76,7 +77,7 @@ def cross_entropy_grad(
         )
     # A row repeated with the same target and upstream value has the same gradient row: a tall
     # batch of a few distinct rows costs a few rows (the mpf results are immutable, so shared).
-    repeated: dict[tuple[tuple[float, ...], int, float], list[mpmath.mpf]] = {}
+    repeated: dict[tuple[tuple[Logit, ...], int, float], list[mpmath.mpf]] = {}
     for i in batch.counted:
         if options.z_loss != 0 and options.softcap is None and math.inf in batch.rows[i]:
             raise ValueError(f"logits[{i}] holds +inf: with z_loss its gradient is undefined")
@@ -227,7 +228,7 @@ class _RowConstants:
                 offset = offset.add(self.scale_share.mul(Enclosure.exact(w_j), prec), prec)
             element = _scale_probability(self.scale_a, row, j).sub(offset, prec)
         if row.softcap is not None:
-            element = element.mul(_tanh_derivative(batch.rows[self.i][j], row.softcap, prec), prec)
+            element = element.mul(tanh_derivative(batch.rows[self.i][j], row.softcap, prec), prec)
         return element
 
 
@@ -320,15 +321,19 @@ def _scaled(x: MPF, integer: int, exponent: int) -> MPF:
     return libmp.from_man_exp(-man * integer if sign else man * integer, exp + exponent)
 
 
-def _tanh_derivative(x: float, cap: float, prec: int) -> Enclosure:
-    """d/dx s·tanh(x/s) = sech²(x/s) = 4v/(1 + v)² with v = exp(−2|x/s|) (0 at ±inf).
+def tanh_derivative(x: Logit, cap: float, prec: int) -> Enclosure:
+    """d/dx s·tanh(x/s) = sech²(x/s) = 4v/(1 + v)² with v = exp(−2|x/s|) (0 at ±inf), for a
+    float or an exact Dyadic logit.
 
     Formed from v rather than as 1 − tanh², which cancels to nothing for large |x/s| while the
     derivative, about 4·e^(−2|x|/s), still has a float64 value (or a 53-bit one) to round.
     """
-    if math.isinf(x):
+    if x in (math.inf, -math.inf):
         return Enclosure.exact(fzero)
-    ratio = Enclosure.of_float(abs(x)).div(Enclosure.of_float(cap), prec)
+    argument = enclosure_of(x)
+    if libmp.mpf_sign(argument.lo) < 0:
+        argument = argument.neg()
+    ratio = argument.div(Enclosure.of_float(cap), prec)
     v = ratio.neg().add(ratio.neg(), prec).exp(prec)
     one_plus_v = Enclosure.exact(fone).add(v, prec)
     four_v = v.mul(Enclosure.exact(libmp.from_int(4)), prec)

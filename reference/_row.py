@@ -17,9 +17,11 @@ accuracy whenever it removes at most half of S, and at most one term can exceed 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from mpmath import libmp
 
+from reference._dyadic import Dyadic, Logit, enclosure_of
 from reference._enclosure import Enclosure, widen_down, widen_up
 from reference._exp_terms import exp_terms
 
@@ -43,9 +45,12 @@ class IntegerSum:
 
 
 class Row:
-    """A row of logits (floats, −inf allowed, at most one +inf) at working precision Q."""
+    """A row of logits (floats, −inf allowed, at most one +inf; or exact Dyadic values, the fused
+    projection's) at working precision Q."""
 
-    def __init__(self, logits: list[float], precision: int, softcap: float | None = None) -> None:
+    def __init__(
+        self, logits: Sequence[Logit], precision: int, softcap: float | None = None
+    ) -> None:
         self.precision = precision
         self.prec = precision + 16  # for the enclosure arithmetic on top of the terms
         self.table = exp_terms(precision)
@@ -72,12 +77,13 @@ class Row:
         self._total: IntegerSum | None = None
         self._log_total: Enclosure | None = None
         self._per_total: dict[tuple, Enclosure] = {}
+        self._rests: dict[int, IntegerSum] = {}
         if self.finite and self.point_mass is None:
             self._fix_arguments()
 
     # ---- logits, capped or not -------------------------------------------------------------
 
-    def _cap(self, x: float) -> Enclosure:
+    def _cap(self, x: Logit) -> Enclosure:
         """s·tanh(x/s), to an absolute accuracy below 2^-(F+4).
 
         tanh comes back within about 2^(4−prec) (four widened units and the rounded quotient);
@@ -85,10 +91,10 @@ class Row:
         arguments D_j are then still within two units of their values, as _exp_terms assumes.
         """
         s = libmp.from_float(self.softcap)
-        if x in (math.inf, -math.inf):
+        if isinstance(x, float) and math.isinf(x):
             return Enclosure.exact(s if x > 0 else libmp.mpf_neg(s))
         prec = self.table.fraction_bits + 8 + max(0, s[2] + s[3])
-        ratio = Enclosure.of_float(x).div(Enclosure.exact(s), prec)
+        ratio = enclosure_of(x).div(Enclosure.exact(s), prec)
         tanh = Enclosure(
             widen_down(libmp.mpf_tanh(ratio.lo, prec, "f"), prec),
             widen_up(libmp.mpf_tanh(ratio.hi, prec, "c"), prec),
@@ -99,7 +105,7 @@ class Row:
         """x_j after the softcap, if any."""
         if self.softcap is not None:
             return self.capped[j]
-        return Enclosure.of_float(self.logits[j])
+        return enclosure_of(self.logits[j])
 
     # ---- the terms e_j = exp(x_j − m) -----------------------------------------------------
 
@@ -109,7 +115,7 @@ class Row:
         if self.softcap is None:
             values = self.logits
             largest = max(values[j] for j in self.finite)
-            self.top = Enclosure.of_float(largest)
+            self.top = enclosure_of(largest)
             self.top_index = next(j for j in self.finite if values[j] == largest)
             top_fixed, top_exact = _floor_fixed(largest, fraction_bits)
             fixed: dict[int, int] = {}
@@ -250,7 +256,13 @@ class Row:
         return shift >= 0 and (hi << shift) * 2 > total.lo
 
     def rest(self, t: int) -> IntegerSum:
-        """R_t = Σ_{j≠t} e_j (t finite), with its relative accuracy."""
+        """R_t = Σ_{j≠t} e_j (t finite), with its relative accuracy (kept for the row)."""
+        cached = self._rests.get(t)
+        if cached is None:
+            cached = self._rests[t] = self._rest(t)
+        return cached
+
+    def _rest(self, t: int) -> IntegerSum:
         if self.dominates(t):
             return self.sum_terms([j for j in self.finite if j != t])
         # e_t ≤ S/2: subtracting it loses at most one bit of relative accuracy
@@ -315,8 +327,10 @@ class Row:
         return rest.enclosure().div(self.total.enclosure(), self.prec)
 
 
-def _floor_fixed(x: float, fraction_bits: int) -> tuple[int, bool]:
+def _floor_fixed(x: Logit, fraction_bits: int) -> tuple[int, bool]:
     """(⌊x·2^F⌋, whether x·2^F is an integer), exactly."""
+    if isinstance(x, Dyadic):
+        return x.floor_fixed(fraction_bits)
     try:
         scaled = math.ldexp(x, fraction_bits)
     except OverflowError:
