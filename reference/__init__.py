@@ -1,4 +1,5 @@
-"""reference: the arbitrary-precision oracle for sequence probability, NLL and cross-entropy.
+"""reference: the arbitrary-precision oracle for sequence probability, NLL and cross-entropy,
+and for the fused projection + loss (linear_cross_entropy: cross-entropy at the exact logits).
 
 Pure Python and mpmath: importing it imports neither torch nor numpy. Every result is an
 ``mpmath.mpf`` (a list of them for reduction="none" and for gradients) holding exactly the
@@ -10,6 +11,7 @@ exponent so that a probability of 2^-10000 is returned as exactly that. Zero car
 
 from reference._cross_entropy import cross_entropy
 from reference._gradient import cross_entropy_grad
+from reference._linear import linear_cross_entropy, linear_cross_entropy_grad
 from reference._precision import PrecisionExhausted, precision
 from reference._sequence import log_softmax, logsumexp, sequence_logprob, sequence_prob, token_nll
 from reference._validate import DEFAULT_IGNORE_INDEX
@@ -19,6 +21,8 @@ __all__ = [
     "PrecisionExhausted",
     "cross_entropy",
     "cross_entropy_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_grad",
     "log_softmax",
     "logsumexp",
     "precision",

@@ -72,6 +72,43 @@ def _plain_rows(given: list[Any]) -> list[list[float]] | None:
     return list(map(list, given))
 
 
+def finite_matrix(values: Any, where: str) -> list[list[float]]:
+    """Rows of finite floats, all equally long (N and the row length may be 0)."""
+    if isinstance(values, (str, bytes)) or not _iterable(values):
+        raise TypeError(f"{where} must be a sequence of rows, got {type(values).__name__}")
+    given = list(values)
+    if set(map(type, given)) <= {list, tuple} and len(set(map(len, given))) <= 1:
+        flat = chain.from_iterable(given)
+        if set(map(type, flat)) <= {float} and all(map(math.isfinite, chain.from_iterable(given))):
+            return list(map(list, given))  # the common case, without a Python loop per value
+    rows: list[list[float]] = []
+    for i, r in enumerate(given):
+        if isinstance(r, (str, bytes)) or not _iterable(r):
+            raise TypeError(f"{where}[{i}] must be a sequence of numbers, got {type(r).__name__}")
+        entries = [_number(v, f"{where}[{i}][{d}]") for d, v in enumerate(r)]
+        for d, v in enumerate(entries):
+            if v != v:
+                raise ValueError(f"{where}[{i}][{d}] is NaN")
+            if not math.isfinite(v):
+                raise ValueError(
+                    f"{where}[{i}][{d}] is {v!r}: the fused projection takes finite values only "
+                    "(an infinite one times a zero has no value)"
+                )
+        if rows and len(entries) != len(rows[0]):
+            raise ValueError(
+                f"ragged {where}: row 0 has {len(rows[0])} values, row {i} has {len(entries)}"
+            )
+        rows.append(entries)
+    return rows
+
+
+def finite_vector(values: Any, where: str) -> list[float]:
+    """A sequence of finite floats."""
+    if isinstance(values, (str, bytes)) or not _iterable(values):
+        raise TypeError(f"{where} must be a sequence of numbers, got {type(values).__name__}")
+    return [finite(v, f"{where}[{j}]") for j, v in enumerate(values)]
+
+
 def index(value: Any, where: str) -> int:
     if isinstance(value, (bool, float)):
         raise TypeError(
@@ -85,13 +122,15 @@ def index(value: Any, where: str) -> int:
         ) from None
 
 
-def targets(values: Any, rows: int, classes: int, ignore_index: int | None) -> list[int]:
-    """N class indices in [0, C), or the ignore_index."""
+def targets(
+    values: Any, rows: int, classes: int, ignore_index: int | None, rows_of: str = "logits"
+) -> list[int]:
+    """N class indices in [0, C), or the ignore_index (``rows_of`` names what has the N rows)."""
     if isinstance(values, (str, bytes)) or not _iterable(values):
         raise TypeError(f"targets must be a sequence of ints, got {type(values).__name__}")
     result = [index(v, f"targets[{i}]") for i, v in enumerate(values)]
     if len(result) != rows:
-        raise ValueError(f"length mismatch: {rows} rows of logits but {len(result)} targets")
+        raise ValueError(f"length mismatch: {rows} rows of {rows_of} but {len(result)} targets")
     for i, t in enumerate(result):
         if t != ignore_index and not 0 <= t < classes:
             raise ValueError(
