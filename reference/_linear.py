@@ -16,11 +16,12 @@ linear_weight or linear_bias are refused (a masked vocabulary is a question for 
 logits, not for the projection's operands). Empty dimensions are allowed: N = 0 (the empty
 loss, zero gradients) and D = 0 (the logits are the bias, or 0); C = 0 is refused.
 
-Cost, measured on this project's 2-core machine (load average about 1; float32-valued operands
-x ~ N(0, 1), W ~ N(0, 1/D), b ~ N(0, 0.01), each call from cold row caches, process time, best
-of 3) with this script, run from the repository root:
+Cost, measured on this project's 2-core machine (shared: load average 1 to 2.5 while it ran,
+and runs differ by up to a third), float32-valued operands x ~ N(0, 1), W ~ N(0, 1/D),
+b ~ N(0, 0.01), each call from cold row caches, process time, best of 3, with this script run
+from the repository root:
 
-    python - 1000,16,128 1000,256,8 100,64,300 64,16,2000 10,100,2000 <<'EOF'
+    python - 8,16,32 1000,16,128 1000,256,8 100,64,300 64,16,2000 10,100,2000 1000,1,2000 <<'EOF'
     import random, struct, sys, time
     import reference
     def f32(v): return struct.unpack("f", struct.pack("f", v))[0]
@@ -42,12 +43,12 @@ of 3) with this script, run from the repository root:
 
        N     D      C   N·D·C    loss    gradient
        8    16     32     4e3    0.00 s    0.02 s
-    1000    16    128     2e6    1.2 s     4.0 s
-    1000   256      8     2e6    0.6 s     4.3 s
-     100    64    300     2e6    0.6 s     1.4 s
-      64    16   2000     2e6    1.0 s     4.1 s
+    1000    16    128     2e6    0.9 s     2.6 s
+    1000   256      8     2e6    0.5 s     4.7 s
+     100    64    300     2e6    0.6 s     2.6 s
+      64    16   2000     2e6    1.6 s     3.1 s
       10   100   2000     2e6    0.5 s     2.7 s
-    1000     1   2000     2e6    TBD       TBD
+    1000     1   2000     2e6   13 s      33 s     (2·10^6 logits: 690 MB resident at most)
 
 What that is: one integer multiply-add per N·D·C for the logits, and once each for the sums of
 ∂L/∂x and ∂L/∂W (about 0.1 µs each, 0.2–0.6 s in all at 2·10^6); the softmax of each distinct
