@@ -188,3 +188,85 @@ def grad_outputs(
     if reduction == "none":
         return st.none() | st.lists(values, min_size=rows, max_size=rows)
     return st.none() | values
+
+
+# ---- the fused projection (contract 3) ---------------------------------------------------------
+
+#: Operands stay below 2^500, so that a logit (a sum of up to MAX_FEATURES products and a bias)
+#: stays below float64's largest value: the naive witness sizes its precision from float proxies.
+LARGEST_OPERAND_EXPONENT = 500
+MAX_FEATURES = 3
+
+
+@dataclass(frozen=True)
+class LinearBatch:
+    """A call of contract 3: input (N × D), linear_weight (C × D), linear_bias, targets, and the
+    ignore_index that marks uncounted rows. Plain Python, as :class:`Batch`."""
+
+    input: list[list[float]]
+    linear_weight: list[list[float]]
+    linear_bias: list[float] | None
+    targets: list[int]
+    ignore_index: int
+
+    @property
+    def classes(self) -> int:
+        return len(self.linear_weight)
+
+    @property
+    def arguments(self) -> tuple[list[list[float]], list[list[float]], list[int]]:
+        return self.input, self.linear_weight, self.targets
+
+
+def operands() -> st.SearchStrategy[float]:
+    """Inputs, weights and biases: halves of small integers (exact ties, float logits, constant
+    and zero columns), moderate values, tiny ones and magnitudes up to 2^500, both signs."""
+    halves = st.integers(-8, 8).map(lambda k: k / 2)
+    large = st.builds(
+        lambda sign, exponent, mantissa: sign * math.ldexp(mantissa, exponent),
+        st.sampled_from([-1.0, 1.0]),
+        st.integers(min_value=10, max_value=LARGEST_OPERAND_EXPONENT),
+        st.floats(min_value=0.5, max_value=1.0, exclude_max=True),
+    )
+    return halves | moderate_values() | tiny_values() | large
+
+
+def few_bit_floats() -> st.SearchStrategy[float]:
+    """Floats of at most 6 significant bits, from 2^-14 to 2^8 in magnitude, and 0: with one
+    feature, x·w + b spans at most 52 bits, so that the exact logits are float64 values."""
+    return st.builds(math.ldexp, st.integers(-63, 63), st.integers(-14, 2))
+
+
+@st.composite
+def linear_batches(
+    draw: st.DrawFn,
+    *,
+    max_rows: int = 4,
+    max_features: int = MAX_FEATURES,
+    max_classes: int = 5,
+    values: st.SearchStrategy[float] | None = None,
+) -> LinearBatch:
+    """A contract-3 call; some rows repeat an earlier one (identical logits), some are ignored."""
+    values = operands() if values is None else values
+    classes = draw(st.integers(1, max_classes), label="C")
+    features = draw(st.integers(1, max_features), label="D")
+    count = draw(st.integers(1, max_rows), label="N")
+    vectors = st.lists(values, min_size=features, max_size=features)
+    weights = draw(st.lists(vectors, min_size=classes, max_size=classes), label="linear_weight")
+    bias = draw(st.none() | st.lists(values, min_size=classes, max_size=classes), label="bias")
+    ignore_index = draw(
+        st.sampled_from([DEFAULT_IGNORE_INDEX, 0]) | st.integers(-3, classes + 2),
+        label="ignore_index",
+    )
+    rows: list[list[float]] = []
+    targets: list[int] = []
+    for _ in range(count):
+        if rows and draw(st.booleans(), label="repeat a row"):
+            k = draw(st.integers(0, len(rows) - 1), label="repeated row")
+            rows.append(list(rows[k]))
+            targets.append(targets[k])
+            continue
+        rows.append(draw(vectors, label="input row"))
+        target = draw(st.integers(0, classes - 1), label="target")
+        targets.append(ignore_index if draw(st.booleans(), label="ignored") else target)
+    return LinearBatch(rows, weights, bias, targets, ignore_index)

@@ -14,15 +14,20 @@ Definitions (row x of C logits, target y, class weights w, W = Σ_j w_j, w = 1 w
     mean      = Σ_counted term / Σ_counted w_y  (NaN when no token is counted)
     ∂term/∂z_j = (1 − ε)·w_y·(p_j − [j = y]) + (ε/C)·(W·p_j − w_j) + 2ζ·w_y·lse·p_j
     ∂z_j/∂x_j = sech²(x_j / s) with a softcap, else 1
+
+The fused projection (contract 3) takes the exact logits z = x·Wᵀ + b as Fractions and then
+these formulas, and sums g against W and x in mpmath (see linear_working_bits).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
 
 import mpmath
-from mpmath import mpf
+from mpmath import libmp, mpf
 
 #: Bits kept beyond what decides a float64 rounding; a result closer than 2^-GUARD_BITS (relative
 #: to its last float64 unit) to a rounding boundary could round the wrong way here.
@@ -252,3 +257,119 @@ def cross_entropy_grad(
                 grad_row.append(d * scale)
             gradient.append(grad_row)
         return gradient
+
+
+# ---- the fused projection (contract 3) ---------------------------------------------------------
+
+
+def exact_logits(
+    input: Sequence[Sequence[float]],
+    linear_weight: Sequence[Sequence[float]],
+    linear_bias: Sequence[float] | None = None,
+) -> list[list[Fraction]]:
+    """z_ij = Σ_d x_id·W_jd + b_j as exact rationals (Fraction takes each float exactly)."""
+    bias = [Fraction(0)] * len(linear_weight) if linear_bias is None else linear_bias
+    return [
+        [
+            sum((Fraction(x) * Fraction(w) for x, w in zip(row, weights, strict=True)), Fraction(b))
+            for weights, b in zip(linear_weight, bias, strict=True)
+        ]
+        for row in input
+    ]
+
+
+def _exact_mpf(value: Fraction) -> mpf:
+    """A dyadic rational as an mpf, exactly (mpf(·) would round it to the working precision)."""
+    shift = value.denominator.bit_length() - 1  # the denominator is 2^shift
+    return mpmath.mp.make_mpf(libmp.from_man_exp(value.numerator, -shift))
+
+
+def linear_working_bits(
+    logits: Sequence[Sequence[Fraction]],
+    input: Sequence[Sequence[float]],
+    linear_weight: Sequence[Sequence[float]],
+    *,
+    weight: Sequence[float] | None = None,
+    grad_output: float | Sequence[float] | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> int:
+    """working_bits of the exact logits, plus what the sums over classes and rows take.
+
+    working_bits(z) (sized from float proxies of the logits, which keep their magnitudes: the
+    callers keep |z| below 2^1023) puts each loss and each g_ij within E = 2^-(1075 + GUARD_BITS)
+    of its value; rounding the exact logits to that precision first is one more error of the
+    size its lse − z_j terms already allow for, covered by 2 more bits. ∂L/∂x_id = Σ_j g_ij·W_jd
+    is then within C·max|W|·E plus the rounding of C products and their sum, and ∂L/∂W likewise
+    with N·max|x|; bits(C) + bits(N) + the magnitude bits of W and x, and 2 more, bring both back
+    below E, so ABSOLUTE_ERROR stays the promise of every result here.
+    """
+    proxy = [[float(z) for z in row] for row in logits]
+    bits = working_bits(
+        proxy, weight=weight, grad_output=grad_output, z_loss=z_loss, softcap=softcap
+    )
+    operands = [float(v) for row in input for v in row]
+    weights = [float(v) for row in linear_weight for v in row]
+    return (
+        bits
+        + 4
+        + len(input).bit_length()
+        + len(linear_weight).bit_length()
+        + _magnitude_bits(operands)
+        + _magnitude_bits(weights)
+    )
+
+
+def linear_cross_entropy(
+    input: Sequence[Sequence[float]],
+    linear_weight: Sequence[Sequence[float]],
+    targets: Sequence[int],
+    *,
+    linear_bias: Sequence[float] | None = None,
+    bits: int | None = None,
+    **options: Any,
+) -> mpf | list[mpf]:
+    """cross_entropy at the exact logits input·Wᵀ + b."""
+    logits = exact_logits(input, linear_weight, linear_bias)
+    sizing = {k: options[k] for k in ("weight", "z_loss", "softcap") if k in options}
+    bits = bits or linear_working_bits(logits, input, linear_weight, **sizing)
+    exact = [[_exact_mpf(z) for z in row] for row in logits]
+    return cross_entropy(exact, targets, bits=bits, **options)
+
+
+def linear_cross_entropy_grad(
+    input: Sequence[Sequence[float]],
+    linear_weight: Sequence[Sequence[float]],
+    targets: Sequence[int],
+    *,
+    linear_bias: Sequence[float] | None = None,
+    grad_output: float | Sequence[float] | None = None,
+    bits: int | None = None,
+    **options: Any,
+) -> tuple[list[list[mpf]], list[list[mpf]], list[mpf]]:
+    """(Σ_j g_ij·W_jd, Σ_i g_ij·x_id, Σ_i g_ij) with g = ∂(grad_output · loss)/∂z at the exact z."""
+    logits = exact_logits(input, linear_weight, linear_bias)
+    sizing = {k: options[k] for k in ("weight", "z_loss", "softcap") if k in options}
+    bits = bits or linear_working_bits(
+        logits, input, linear_weight, grad_output=grad_output, **sizing
+    )
+    exact = [[_exact_mpf(z) for z in row] for row in logits]
+    g = cross_entropy_grad(exact, targets, grad_output=grad_output, bits=bits, **options)
+    classes, features = len(linear_weight), len(linear_weight[0])
+    with mpmath.workprec(bits):
+        grad_input = [
+            [
+                mpmath.fsum(g_i[j] * linear_weight[j][d] for j in range(classes))
+                for d in range(features)
+            ]
+            for g_i in g
+        ]
+        grad_weight = [
+            [
+                mpmath.fsum(g_i[j] * row[d] for g_i, row in zip(g, input, strict=True))
+                for d in range(features)
+            ]
+            for j in range(classes)
+        ]
+        grad_bias = [mpmath.fsum(g_i[j] for g_i in g) for j in range(classes)]
+    return grad_input, grad_weight, grad_bias
