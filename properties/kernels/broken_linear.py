@@ -11,6 +11,8 @@ must catch it (with a dtype in parentheses where only that dtype shows the bug).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -23,38 +25,53 @@ from reference import DEFAULT_IGNORE_INDEX
 VOCABULARY_BLOCK = 5
 
 
+def _kernel(loss: type[ChunkedLinearLoss], name: str, doc: str) -> Callable[..., Tensor]:
+    """A contract-3 kernel with F.linear_cross_entropy's keywords, computed by ``loss``: a plain
+    function of this module, named ``name`` (reproducers import it by that name), whose
+    docstring ``doc`` names its bug and the clause that catches it."""
+
+    def kernel(
+        input: Tensor,
+        linear_weight: Tensor,
+        target: Tensor,
+        *,
+        linear_bias: Tensor | None = None,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        ignore_index: int = DEFAULT_IGNORE_INDEX,
+        label_smoothing: float = 0.0,
+    ) -> Tensor:
+        return loss().loss(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            weight=weight,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+        )
+
+    kernel.__name__ = kernel.__qualname__ = name
+    kernel.__doc__ = doc
+    return kernel
+
+
 class _DropsChunkTail(ChunkedLinearLoss):
     def row_chunks(self, rows: int) -> list[slice]:
         full = rows - rows % self.chunk_rows  # BUG: the ragged last chunk is never computed
         return [slice(start, start + self.chunk_rows) for start in range(0, full, self.chunk_rows)]
 
 
-def drops_chunk_tail(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    label_smoothing: float = 0.0,
-) -> Tensor:
+drops_chunk_tail = _kernel(
+    _DropsChunkTail,
+    "drops_chunk_tail",
     """A chunk loop that stops at the last full chunk: the rows of the ragged last chunk have no
     loss (missing from sum and mean, 0 under reduction="none") and no gradient.
 
     Caught by: LCE-VALUE
-    """
-    return _DropsChunkTail().loss(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-    )
+    """,
+)
 
 
 class _MeanOfChunkMeans(ChunkedLinearLoss):
@@ -63,33 +80,16 @@ class _MeanOfChunkMeans(ChunkedLinearLoss):
         return [len(chunk_weights) * w.sum() for w in chunk_weights]
 
 
-def mean_of_chunk_means(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    label_smoothing: float = 0.0,
-) -> Tensor:
+mean_of_chunk_means = _kernel(
+    _MeanOfChunkMeans,
+    "mean_of_chunk_means",
     """reduction="mean" as the mean of the chunks' means (Σ_k mean_k / K) instead of
     Σ_i l_i / Σ_i w_{y_i}: right only when every chunk counts the same total weight (and, with a
     chunk of only ignored rows, 0/0 = NaN). Its gradient is that of the same wrong mean.
 
     Caught by: LCE-MEAN-DIVISOR
-    """
-    return _MeanOfChunkMeans().loss(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-    )
+    """,
+)
 
 
 class _WeightGradientInParameterDtype(ChunkedLinearLoss):
@@ -105,17 +105,9 @@ class _WeightGradientInParameterDtype(ChunkedLinearLoss):
         return total.to(weight_dtype) + chunk.to(weight_dtype)
 
 
-def weight_grad_accumulated_in_bf16(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    label_smoothing: float = 0.0,
-) -> Tensor:
+weight_grad_accumulated_in_bf16 = _kernel(
+    _WeightGradientInParameterDtype,
+    "weight_grad_accumulated_in_bf16",
     """∂L/∂W summed across chunks in the parameters' dtype: for bfloat16 weights each chunk's
     gᵀ·x is rounded to bfloat16 and added to a bfloat16 running sum (what Liger-Kernel's fused
     linear cross-entropy does with its default accum_dtype=None). Correct in float32; in
@@ -124,17 +116,8 @@ def weight_grad_accumulated_in_bf16(
     hundred rows make over a hundred).
 
     Caught by: LCE-GRAD-ACCUMULATE (bfloat16)
-    """
-    return _WeightGradientInParameterDtype().loss(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-    )
+    """,
+)
 
 
 class _ForgetsBiasGradient(ChunkedLinearLoss):
@@ -142,32 +125,15 @@ class _ForgetsBiasGradient(ChunkedLinearLoss):
         return torch.zeros_like(total)  # BUG: should be total, the sum of every chunk's Σ g
 
 
-def forgets_bias_gradient(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    label_smoothing: float = 0.0,
-) -> Tensor:
+forgets_bias_gradient = _kernel(
+    _ForgetsBiasGradient,
+    "forgets_bias_gradient",
     """A bias that is added to the logits but gets a zero gradient (∂L/∂b = Σ_i ∂L/∂z_i is never
     written back); the loss and the other gradients are right.
 
     Caught by: LCE-GRAD
-    """
-    return _ForgetsBiasGradient().loss(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-    )
+    """,
+)
 
 
 class _IgnoredRowsLeak(ChunkedLinearLoss):
@@ -175,33 +141,16 @@ class _IgnoredRowsLeak(ChunkedLinearLoss):
         return p  # BUG: p − 0 (no one-hot for an ignored row), where nothing should flow back
 
 
-def ignored_rows_leak_into_weight_grad(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    label_smoothing: float = 0.0,
-) -> Tensor:
+ignored_rows_leak_into_weight_grad = _kernel(
+    _IgnoredRowsLeak,
+    "ignored_rows_leak_into_weight_grad",
     """Ignored rows masked in the loss and in ∂L/∂input but not in the logit gradient that feeds
     ∂L/∂W and ∂L/∂b: each ignored row adds its softmax (p − 0, the one-hot of no class) times the
     upstream factor, as a kernel does that zeroes the target's one-hot but not the row.
 
     Caught by: LCE-IGNORED
-    """
-    return _IgnoredRowsLeak().loss(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-    )
+    """,
+)
 
 
 class _SoftcapWithoutChain(ChunkedLinearLoss):
@@ -258,34 +207,17 @@ class _SmoothingOverVocabularyBlocks(ChunkedLinearLoss):
         return shares
 
 
-def smoothing_over_chunk_classes(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    label_smoothing: float = 0.0,
-) -> Tensor:
+smoothing_over_chunk_classes = _kernel(
+    _SmoothingOverVocabularyBlocks,
+    "smoothing_over_chunk_classes",
     """Label smoothing in a kernel that walks the vocabulary in blocks of VOCABULARY_BLOCK = 5
     classes (the last one partial) and spreads ε over each block's own classes, ε/C_block, instead
     of ε/C over all C: the smoothing term is K·ε times too large for K blocks (more where the last
     block is partial), in the loss and, consistently, in its gradient. Right for C ≤ 5.
 
     Caught by: LCE-VALUE
-    """
-    return _SmoothingOverVocabularyBlocks().loss(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-    )
+    """,
+)
 
 
 class _IgnoresUpstreamGradient(ChunkedLinearLoss):
@@ -293,30 +225,13 @@ class _IgnoresUpstreamGradient(ChunkedLinearLoss):
         return torch.ones_like(grad_output)  # BUG: should be grad_output
 
 
-def ignores_upstream_gradient(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    label_smoothing: float = 0.0,
-) -> Tensor:
+ignores_upstream_gradient = _kernel(
+    _IgnoresUpstreamGradient,
+    "ignores_upstream_gradient",
     """A backward that takes grad_output = 1 (the loss as the last node of the graph, as fused
     kernels that compute the gradient in the forward pass assume): wrong for any other upstream
     gradient, such as a scaled loss or per-row weights under reduction="none".
 
     Caught by: LCE-GRAD-UPSTREAM
-    """
-    return _IgnoresUpstreamGradient().loss(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-    )
+    """,
+)
