@@ -19,16 +19,17 @@ from properties.contract import Contract, register
 def result_problem(
     result: Any, arguments: Sequence[Any], keywords: Mapping[str, Any]
 ) -> str | None:
-    """What is wrong with a kernel's result under contract 2, or None."""
+    """What is wrong with a kernel's result under contract 2 (or 3, whose first argument also
+    holds one row per token), or None."""
     import torch
 
     if not isinstance(result, torch.Tensor):
         return f"a {type(result).__name__}, not a Tensor"
-    logits = arguments[0] if arguments else None
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        return None  # not an (N, C) call: nothing to hold the shape to
+    rows = arguments[0] if arguments else None
+    if not isinstance(rows, torch.Tensor) or rows.dim() != 2:
+        return None  # not an (N, ·) call: nothing to hold the shape to
     reduction = keywords.get("reduction", "mean")
-    expected = (logits.shape[0],) if reduction == "none" else ()
+    expected = (rows.shape[0],) if reduction == "none" else ()
     if tuple(result.shape) != expected:
         return (
             f"a tensor of shape {tuple(result.shape)}; "

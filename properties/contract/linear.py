@@ -13,34 +13,12 @@ parameters, named as torch names them: ``input, linear_weight, target``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 from properties.contract import Contract, register
+from properties.contract.cross_entropy import result_problem
 
 #: The positional parameters by which a bare callable is recognised, in order.
 RECOGNISED_PARAMETERS = ("input", "linear_weight", "target")
-
-
-def result_problem(
-    result: Any, arguments: Sequence[Any], keywords: Mapping[str, Any]
-) -> str | None:
-    """What is wrong with a kernel's result under contract 3, or None."""
-    import torch
-
-    if not isinstance(result, torch.Tensor):
-        return f"a {type(result).__name__}, not a Tensor"
-    hidden = arguments[0] if arguments else None
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
-        return None  # not an (N, D) call: nothing to hold the shape to
-    reduction = keywords.get("reduction", "mean")
-    expected = (hidden.shape[0],) if reduction == "none" else ()
-    if tuple(result.shape) != expected:
-        return (
-            f"a tensor of shape {tuple(result.shape)}; "
-            f"reduction={reduction!r} gives shape {expected}"
-        )
-    return None
 
 
 def recognises(signature: inspect.Signature) -> bool:
