@@ -49,9 +49,13 @@ def _fresh(trial: Trial, value: Any, *, grad: bool = False) -> Any:
     return value
 
 
-def _tensor_result(value: Any, reproduce: str) -> torch.Tensor:
+def _tensor_result(value: Any, trial: Trial, batch: LinearBatch) -> torch.Tensor:
+    """The kernel's result, which must be a tensor; the reproducer is written only if not."""
     if not isinstance(value, torch.Tensor):
-        raise Mismatch(f"the loss is a {type(value).__name__}, not a tensor", reproducer=reproduce)
+        raise Mismatch(
+            f"the loss is a {type(value).__name__}, not a tensor",
+            reproducer=batch_reproducer(trial, batch),
+        )
     return value
 
 
@@ -61,7 +65,7 @@ def loss_of(trial: Trial, batch: LinearBatch) -> torch.Tensor:
     keywords = {k: _fresh(trial, v) for k, v in batch.keywords().items()}
     with torch.no_grad():
         result = trial.kernel(x, w, y, **keywords)
-    return _tensor_result(result, batch_reproducer(trial, batch)).detach().cpu()
+    return _tensor_result(result, trial, batch).detach().cpu()
 
 
 def loss_and_gradients(
@@ -76,7 +80,7 @@ def loss_and_gradients(
     if "linear_bias" in keywords:
         leaves["linear_bias"] = keywords["linear_bias"]
     result = trial.kernel(x, w, _fresh(trial, batch.target.value), **keywords)
-    loss = _tensor_result(result, batch_reproducer(trial, batch))
+    loss = _tensor_result(result, trial, batch)
     if not loss.requires_grad:
         raise Mismatch(
             "the loss does not require grad: the kernel is not differentiable",
