@@ -261,17 +261,17 @@ def expected_loss(trial: Trial, problem: Problem) -> torch.Tensor:
         and trial.kernel.spec.empty_mean == "zero"
     ):
         return torch.tensor(0.0, dtype=torch.float64)
-    if not _z_loss_unweighted(trial, problem):
+    if not z_loss_unweighted(trial, problem):
         return oracle_loss(problem)
-    loss, _ = _unweighted_z_loss(problem, None)
+    loss, _ = unweighted_z_loss(problem, None)
     return oracle_loss(problem.but(z_loss=0.0)) + loss
 
 
 def expected_gradient(trial: Trial, problem: Problem, grad_output: torch.Tensor) -> torch.Tensor:
     """The oracle's ∂(loss·grad_output)/∂logits under the kernel's z-loss convention."""
-    if not _z_loss_unweighted(trial, problem):
+    if not z_loss_unweighted(trial, problem):
         return oracle_gradient(problem, grad_output)
-    _, gradient = _unweighted_z_loss(problem, grad_output)
+    _, gradient = unweighted_z_loss(problem, grad_output)
     assert gradient is not None
     return oracle_gradient(problem.but(z_loss=0.0), grad_output) + gradient
 
@@ -281,7 +281,7 @@ def loss_bound_for(trial: Trial, problem: Problem) -> torch.Tensor:
     parts, the weighted loss without z-loss and the z-loss of the unweighted problem; each is
     within its own problem's bound (the second's covers z-loss and NLL), so their sum is within
     the sum of the bounds."""
-    if not _z_loss_unweighted(trial, problem):
+    if not z_loss_unweighted(trial, problem):
         return loss_bound(problem)
     return loss_bound(problem.but(z_loss=0.0)) + loss_bound(problem.but(weight=None))
 
@@ -289,14 +289,14 @@ def loss_bound_for(trial: Trial, problem: Problem) -> torch.Tensor:
 def gradient_bound_for(trial: Trial, problem: Problem, grad_output: torch.Tensor) -> torch.Tensor:
     """The gradient bound under the kernel's z-loss convention (the sum of the parts' bounds, as
     for :func:`loss_bound_for`)."""
-    if not _z_loss_unweighted(trial, problem):
+    if not z_loss_unweighted(trial, problem):
         return gradient_bound(problem, grad_output)
     return gradient_bound(problem.but(z_loss=0.0), grad_output) + gradient_bound(
         problem.but(weight=None), grad_output
     )
 
 
-def _z_loss_unweighted(trial: Trial, problem: Problem) -> bool:
+def z_loss_unweighted(trial: Trial, problem: Problem) -> bool:
     """Whether the kernel's declared z-loss convention changes the expected values here."""
     return (
         trial.kernel.spec.z_loss_weighting == "unweighted"
@@ -305,7 +305,7 @@ def _z_loss_unweighted(trial: Trial, problem: Problem) -> bool:
     )
 
 
-def _unweighted_z_loss(
+def unweighted_z_loss(
     problem: Problem, grad_output: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """z·lse(x̃_i)² over the counted rows, reduced as an unweighted loss (the mean divides by the

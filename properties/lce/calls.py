@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from properties.ce.calls import unweighted_z_loss, z_loss_unweighted
 from properties.engine.checks import check_close
 from properties.engine.clause import Mismatch, Trial
 from properties.engine.snippet import program
@@ -141,15 +142,68 @@ def context(trial: Trial, batch: LinearBatch) -> str:
 
 
 def expected_loss(trial: Trial, problem: LinearProblem) -> torch.Tensor:
-    """The oracle's loss under the kernel's declared convention for a mean over no counted
-    token (NaN as PyTorch, or 0)."""
+    """The oracle's loss under the conventions the kernel declares: a mean over no counted token
+    is NaN as in PyTorch, or 0 (KernelSpec.empty_mean); the z-loss is weighted by the target's
+    class weight like the NLL term, or not (KernelSpec.z_loss_weighting)."""
     if (
         problem.reduction == "mean"
         and not bool(problem.counted.any())
         and trial.kernel.spec.empty_mean == "zero"
     ):
         return torch.tensor(0.0, dtype=torch.float64)
-    return oracle_loss(problem)
+    if not _z_loss_unweighted(trial, problem):
+        return oracle_loss(problem)
+    z_loss, _ = unweighted_z_loss(problem.logits_problem(), None)
+    return oracle_loss(problem.but(z_loss=0.0)) + z_loss
+
+
+def expected_gradients(
+    trial: Trial, problem: LinearProblem, grad_output: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The oracle's ∂(loss·grad_output)/∂ of input, linear_weight and linear_bias under the
+    kernel's z-loss convention. Unweighted, the z-loss part's gradient g_z = ∂/∂z (N, C) is
+    carried through the projection in float64: g_z·W, g_zᵀ·x and Σ_i g_z; each entry is within a
+    few float64 roundings relative to Σ|terms|, about 2^-29 of the float32 bounds it meets."""
+    if not _z_loss_unweighted(trial, problem):
+        return oracle_gradients(problem, grad_output)
+    for_input, for_weight, for_bias = oracle_gradients(problem.but(z_loss=0.0), grad_output)
+    _, for_logits = unweighted_z_loss(problem.logits_problem(), grad_output)
+    assert for_logits is not None
+    return (
+        for_input + for_logits @ problem.linear_weight,
+        for_weight + for_logits.T @ problem.input,
+        None if for_bias is None else for_bias + for_logits.sum(dim=0),
+    )
+
+
+def loss_bound_for(trial: Trial, problem: LinearProblem) -> torch.Tensor:
+    """The loss bound under the kernel's z-loss convention. Unweighted, the kernel computes two
+    parts, the weighted loss without z-loss and the z-loss of the unweighted problem; each is
+    within its own problem's bound (the second's covers z-loss and NLL), so their sum is within
+    the sum of the bounds (as contract 2's ``properties.ce.calls.loss_bound_for``)."""
+    if not _z_loss_unweighted(trial, problem):
+        return linear_loss_bound(problem)
+    return linear_loss_bound(problem.but(z_loss=0.0)) + linear_loss_bound(problem.but(weight=None))
+
+
+def gradient_bounds_for(
+    trial: Trial, problem: LinearProblem, grad_output: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The gradient bounds under the kernel's z-loss convention (the sums of the parts' bounds,
+    as for :func:`loss_bound_for`)."""
+    if not _z_loss_unweighted(trial, problem):
+        return linear_gradient_bounds(problem, grad_output)
+    without = linear_gradient_bounds(problem.but(z_loss=0.0), grad_output)
+    unweighted = linear_gradient_bounds(problem.but(weight=None), grad_output)
+    return (
+        without[0] + unweighted[0],
+        without[1] + unweighted[1],
+        None if without[2] is None or unweighted[2] is None else without[2] + unweighted[2],
+    )
+
+
+def _z_loss_unweighted(trial: Trial, problem: LinearProblem) -> bool:
+    return z_loss_unweighted(trial, problem.logits_problem())
 
 
 def expect_oracle_loss(trial: Trial, batch: LinearBatch) -> None:
@@ -161,7 +215,7 @@ def expect_oracle_loss(trial: Trial, batch: LinearBatch) -> None:
         quantity="loss",
         actual=loss_of(trial, batch),
         expected=expected,
-        bound=linear_loss_bound(problem),
+        bound=loss_bound_for(trial, problem),
         context=context(trial, batch),
         reproducer=batch_reproducer(trial, batch, expected=_oracle_comment(expected)),
     )
@@ -179,12 +233,12 @@ def expect_oracle_gradients(trial: Trial, batch: LinearBatch, upstream: Drawn) -
         quantity="loss",
         actual=loss,
         expected=expected,
-        bound=linear_loss_bound(problem),
+        bound=loss_bound_for(trial, problem),
         context=where,
         reproducer=batch_reproducer(trial, batch, expected=_oracle_comment(expected)),
     )
-    exact = oracle_gradients(problem, upstream.value)
-    bounds = linear_gradient_bounds(problem, upstream.value)
+    exact = expected_gradients(trial, problem, upstream.value)
+    bounds = gradient_bounds_for(trial, problem, upstream.value)
     reproduce = batch_reproducer(trial, batch, grad_output=upstream)
     for name, expected_gradient, bound in zip(PARAMETERS, exact, bounds, strict=True):
         if name not in gradients:

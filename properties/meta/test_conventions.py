@@ -13,6 +13,7 @@ from typing import Any
 
 import mpmath
 import pytest
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -28,6 +29,11 @@ from properties.ce.problem import Problem  # noqa: E402
 from properties.engine.clause import Trial, accepts, clause  # noqa: E402
 from properties.engine.kernel import KernelSpec, KernelUnderTest, resolve  # noqa: E402
 from properties.engine.runner import run_clause  # noqa: E402
+from properties.lce.calls import draw_linear_batch, draw_upstream  # noqa: E402
+from properties.lce.calls import expect_oracle_gradients as expect_linear_oracle_gradients  # noqa: E402
+from properties.lce.calls import expected_gradients as linear_expected_gradients  # noqa: E402
+from properties.lce.calls import expected_loss as linear_expected_loss  # noqa: E402
+from properties.lce.problem import LinearProblem  # noqa: E402
 from reference import DEFAULT_IGNORE_INDEX  # noqa: E402
 
 LOGITS = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0], [4.0, 0.0, -2.0]]
@@ -159,3 +165,128 @@ def test_the_same_kernel_undeclared_fails_where_weights_meet_z_loss() -> None:
     assert undeclared.status == "fails"
     declared = run_clause(clause, resolve(UNWEIGHTED), dtype="float32", device="cpu", profile="ci")
     assert declared.status == "holds"
+
+
+# --- Contract 3: the same convention through the projection -----------------------------------
+
+
+def unweighted_linear_z_loss(
+    input: Any,
+    linear_weight: Any,
+    target: Any,
+    *,
+    linear_bias: Any = None,
+    reduction: str = "mean",
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    weight: Any = None,
+    z_loss: float = 0.0,
+) -> Any:
+    """A correct fused kernel of the unweighted convention: float32 logits x·Wᵀ + b, then the
+    contract-2 kernel above (float64 inputs stay float64)."""
+    compute = torch.float64 if input.dtype == torch.float64 else torch.float32
+    logits = F.linear(
+        input.to(compute),
+        linear_weight.to(compute),
+        None if linear_bias is None else linear_bias.to(compute),
+    )
+    loss = unweighted_z_loss(
+        logits,
+        target,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        weight=weight,
+        z_loss=z_loss,
+    )
+    return loss.to(input.dtype)
+
+
+UNWEIGHTED_LINEAR = KernelSpec(
+    fn=unweighted_linear_z_loss,
+    contract="linear",
+    options={"z_loss": "z_loss"},
+    z_loss_weighting="unweighted",
+)
+UNDECLARED_LINEAR = KernelSpec(
+    fn=unweighted_linear_z_loss, contract="linear", options={"z_loss": "z_loss"}
+)
+HIDDEN = [[1.0, -0.5], [0.25, 2.0], [-1.5, 0.75]]
+PROJECTION = [[0.5, 1.0], [-1.0, 0.25], [2.0, -0.5]]
+BIAS = [0.125, -0.25, 0.5]
+
+
+def linear_problem(reduction: str) -> LinearProblem:
+    return LinearProblem.of(
+        torch.tensor(HIDDEN, dtype=torch.float64),
+        torch.tensor(PROJECTION, dtype=torch.float64),
+        torch.tensor(TARGETS),
+        linear_bias=torch.tensor(BIAS, dtype=torch.float64),
+        reduction=reduction,
+        weight=torch.tensor(WEIGHTS, dtype=torch.float64),
+        z_loss=Z,
+    ).but(dtype="float32")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_unweighted_linear_z_loss_and_its_gradients_are_expected_where_declared(
+    reduction: str,
+) -> None:
+    parameters = [
+        torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        for values in (HIDDEN, PROJECTION, BIAS)
+    ]
+    x, w, b = parameters
+    loss = unweighted_linear_z_loss(
+        x,
+        w,
+        torch.tensor(TARGETS),
+        linear_bias=b,
+        reduction=reduction,
+        weight=torch.tensor(WEIGHTS, dtype=torch.float64),
+        z_loss=Z,
+    )
+    grad_output = torch.tensor([0.5, -2.0, 3.0] if reduction == "none" else 1.5)
+    loss.backward(grad_output.double())
+    trial = trial_of(UNWEIGHTED_LINEAR)
+    torch.testing.assert_close(
+        linear_expected_loss(trial, linear_problem(reduction)), loss.detach(), rtol=2**-40, atol=0.0
+    )
+    expected = linear_expected_gradients(trial, linear_problem(reduction), grad_output)
+    for name, exact, by_autograd in zip(("x", "W", "b"), expected, parameters, strict=True):
+        assert exact is not None and by_autograd.grad is not None, name
+        torch.testing.assert_close(exact, by_autograd.grad, rtol=2**-40, atol=2**-60, msg=name)
+    # Undeclared, the oracle's weighted z-loss is expected: a different value on this input.
+    weighted = linear_expected_loss(trial_of(UNDECLARED_LINEAR), linear_problem(reduction))
+    assert weighted.reshape(-1).tolist() != pytest.approx(
+        loss.detach().reshape(-1).tolist(), rel=2**-20
+    )
+
+
+@clause(applies=accepts("z_loss", "weight"))
+def linear_z_loss_with_class_weights_follows_the_declaration(trial: Trial) -> None:
+    """ℓ_i = w_{y_i}·nll(z_i) + c_i·z·lse(z_i)², z_i = x_i·Wᵀ + b, c_i = w_{y_i} (weighted) or 1 (unweighted), class weights and z-loss always drawn.  [LCE-META-Z-WEIGHTS] tol: linear_loss"""
+    batch = draw_linear_batch(
+        trial,
+        options=("ignore_index", "linear_bias", "z_loss"),
+        require=("weight", "z_loss"),
+        shapes=SMALL_LINEAR_SHAPES,
+    )
+    expect_linear_oracle_gradients(trial, batch, draw_upstream(trial, batch))
+
+
+#: Small enough that the oracle's gradients take milliseconds: the convention, not scale, is
+#: what these examples test.
+SMALL_LINEAR_SHAPES = st.tuples(st.integers(1, 16), st.integers(1, 8), st.integers(1, 16))
+
+
+def test_a_fused_kernel_undeclared_fails_where_weights_meet_z_loss() -> None:
+    clause = linear_z_loss_with_class_weights_follows_the_declaration
+    undeclared = run_clause(
+        clause, resolve(UNDECLARED_LINEAR), dtype="float32", device="cpu", profile="ci"
+    )
+    assert undeclared.status == "fails"
+    declared = run_clause(
+        clause, resolve(UNWEIGHTED_LINEAR), dtype="float32", device="cpu", profile="ci"
+    )
+    assert declared.status == "holds", (
+        declared.violation.render() if declared.violation else declared
+    )
