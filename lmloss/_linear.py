@@ -119,6 +119,7 @@ LINEAR_SPEC = KernelSpec(
     name="lmloss.linear_cross_entropy (with z_loss, softcap)",
     contract="linear",
     options={"z_loss": "z_loss", "softcap": "softcap"},
+    builds_logits=False,
 )
 
 

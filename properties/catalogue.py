@@ -28,6 +28,7 @@ from properties.ce import (
 )
 from properties.engine.clause import Clause
 from properties.lce import gradient as linear_gradient
+from properties.lce import memory as linear_memory
 from properties.lce import structure as linear_structure
 from properties.lce import value as linear_value
 
@@ -51,7 +52,7 @@ CROSS_ENTROPY_SECTIONS = (
 )
 
 #: Contract 3 (``F.linear_cross_entropy``-shaped kernels).
-LINEAR_SECTIONS = (linear_value, linear_gradient, linear_structure)
+LINEAR_SECTIONS = (linear_value, linear_gradient, linear_structure, linear_memory)
 
 CLAUSES: tuple[Clause, ...] = tuple(
     clause for section in CROSS_ENTROPY_SECTIONS + LINEAR_SECTIONS for clause in section.CLAUSES

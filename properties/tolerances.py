@@ -555,6 +555,23 @@ def linear_gradient_bounds(
     return for_input, for_weight, for_bias
 
 
+# Memory of a fused kernel that claims O(chunk) extra memory (KernelSpec(builds_logits=False)).
+# Its forward and backward together must hold less than the (N, C) logits in the input's dtype,
+# N·C·s bytes with s its item size: a kernel that ever holds all the logits at once, in that dtype
+# or wider, needs that much for them alone, before their softmax or gradient. What a chunked
+# kernel needs is O(chunk·C) for a chunk's logits and their gradient, plus its outputs ∂L/∂x and
+# ∂L/∂W (and float32 accumulators for them), (N + C)·D·4 bytes at most. LCE-MEMORY draws shapes
+# whose logits dwarf those (N ≥ 8,192 rows, C ≥ 1,024 classes, D ≤ 32: the outputs are at most
+# (N + C)·D·4 ≤ N·C·s/8), so a kernel whose chunks hold a few hundred rows passes with room, and
+# one that builds the logits cannot. There is no rounding here: the measured peak is compared
+# with the budget as it is.
+
+
+def linear_memory_budget(rows: int, classes: int, dtype: str) -> int:
+    """Bytes a chunked fused kernel's forward + backward must stay below: N·C·s."""
+    return rows * classes * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
 # --- Parameter gradients of the training loop ----------------------------------------------
 # The loss and the gradient that reach the logits are compared with the oracle under "loss" and
 # "gradient". What is left is the gradient of the *parameters*, which the oracle cannot give:
@@ -763,5 +780,6 @@ TOLERANCES: Mapping[str, Callable[..., Any]] = {
     "reordered_float64": reordered_float64_bound,
     "linear_loss": linear_loss_bound,
     "linear_gradient": linear_gradient_bounds,
+    "linear_memory": linear_memory_budget,
     "fused_head_float32": fused_head_float32_bounds,
 }

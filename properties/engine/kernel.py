@@ -48,6 +48,9 @@ class KernelSpec:
     z_loss_weighting: Literal["weighted", "unweighted"] = "weighted"
     #: False for a forward-only kernel: gradient clauses are then not applicable.
     differentiable: bool = True
+    #: Contract 3: False when the kernel claims O(chunk) extra memory, never holding the (N, C)
+    #: logits at once; LCE-MEMORY then measures its peak against N·C·itemsize.
+    builds_logits: bool = True
 
 
 @dataclass(frozen=True)

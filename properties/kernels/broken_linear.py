@@ -235,3 +235,28 @@ ignores_upstream_gradient = _kernel(
     Caught by: LCE-GRAD-UPSTREAM
     """,
 )
+
+
+class _ChunksByCount(ChunkedLinearLoss):
+    def row_chunks(self, rows: int) -> list[slice]:
+        half = (rows + 1) // 2  # BUG: two chunks whatever N, so a chunk is N/2 rows, not O(1)
+        return [slice(0, half), slice(half, rows)]
+
+
+#: The claim of O(chunk) memory is declared, as a chunked kernel's KernelSpec would.
+chunks_by_count = KernelSpec(
+    fn=_kernel(
+        _ChunksByCount,
+        "_chunks_by_count",
+        """A chunked kernel whose chunks are a fixed number of parts of the batch (two here)
+        instead of a fixed number of rows: its values and gradients are right, but a chunk's
+        logits and their gradient grow with N, so it holds about the (N, C) logits at once
+        while it claims O(chunk) memory (KernelSpec(builds_logits=False)).
+
+        Caught by: LCE-MEMORY
+        """,
+    ),
+    name="properties.kernels.broken_linear.chunks_by_count",
+    contract="linear",
+    builds_logits=False,
+)

@@ -459,4 +459,5 @@ chunked_linear_kernel = KernelSpec(
     name="properties.kernels.correct.chunked_linear_cross_entropy (with z_loss, softcap)",
     contract="linear",
     options={"z_loss": "z_loss", "softcap": "softcap"},
+    builds_logits=False,
 )

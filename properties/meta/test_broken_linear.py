@@ -99,6 +99,7 @@ def test_every_broken_kernel_names_the_clause_that_catches_it() -> None:
         "softcap_grad_without_sech2": "LCE-GRAD",
         "smoothing_over_chunk_classes": "LCE-VALUE",
         "ignores_upstream_gradient": "LCE-GRAD-UPSTREAM",
+        "chunks_by_count": "LCE-MEMORY",
     }
 
 
@@ -295,3 +296,26 @@ def test_correct_chunked_kernel_matches_torch_linear_cross_entropy(
     for name, a, e in zip(("loss", "∂/∂input", "∂/∂W", "∂/∂b"), ours, torch_side, strict=True):
         error, bound = float((a - e).abs().max()), 2.0**-40 * float(e.abs().max())
         assert error <= bound, f"{name}: differs from torch's by {error:.3g} > {bound:.3g}"
+
+
+def test_chunks_by_count_is_right_but_holds_half_the_logits() -> None:
+    """Its values and gradients are the correct kernel's, bit for bit where the chunks agree
+    (2·CHUNK_ROWS rows: two chunks of CHUNK_ROWS either way); on a batch of many chunks its
+    chunks are N/2 rows, so its peak memory grows with N where the correct kernel's does not."""
+    small = batch(2 * CHUNK_ROWS)
+    for broken, correct in zip(
+        run(broken_linear.chunks_by_count.fn, small),
+        run(chunked_linear_cross_entropy, small),
+        strict=True,
+    ):
+        assert torch.equal(broken, correct)
+    from properties.lce.memory import peak_extra_bytes
+
+    def peak(kernel: Kernel, rows: int) -> int:
+        x, w, y, b = batch(rows, classes=512)
+        x.requires_grad_(True)
+        return peak_extra_bytes(lambda: kernel(x, w, y, linear_bias=b).backward(), "cpu")
+
+    logits_bytes = 1024 * 512 * 4
+    assert peak(broken_linear.chunks_by_count.fn, 1024) > logits_bytes // 2
+    assert peak(chunked_linear_cross_entropy, 1024) < logits_bytes // 8
