@@ -1,6 +1,12 @@
 """lmloss: the production PyTorch side (loss API, kernels, training loop, checker, CLI)."""
 
 from lmloss._data import ByteDataset, Corpus, file_corpus, python_docs_corpus
+from lmloss._distributed import (
+    DATA_PARALLEL_SPEC,
+    VOCAB_PARALLEL_SPEC,
+    data_parallel_cross_entropy,
+    vocab_parallel_cross_entropy,
+)
 from lmloss._linear import LINEAR_SPEC, linear_cross_entropy
 from lmloss._loss import LMLoss, cross_entropy, lm_loss, perplexity, sequence_logprob
 from lmloss._model import GPT, GPTConfig
@@ -13,11 +19,13 @@ from lmloss._train import (
     save_checkpoint,
     train,
 )
+from lmloss._triton_ce import triton_cross_entropy
 from properties.engine.kernel import KernelSpec
 
 __all__: list[str] = [
     "ByteDataset",
     "Corpus",
+    "DATA_PARALLEL_SPEC",
     "GPT",
     "GPTConfig",
     "KernelSpec",
@@ -25,7 +33,9 @@ __all__: list[str] = [
     "LMLoss",
     "TrainConfig",
     "TrainResult",
+    "VOCAB_PARALLEL_SPEC",
     "cross_entropy",
+    "data_parallel_cross_entropy",
     "evaluate",
     "file_corpus",
     "forward_backward",
@@ -37,4 +47,6 @@ __all__: list[str] = [
     "save_checkpoint",
     "sequence_logprob",
     "train",
+    "triton_cross_entropy",
+    "vocab_parallel_cross_entropy",
 ]
