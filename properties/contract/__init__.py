@@ -29,7 +29,8 @@ class Contract:
 
     #: The name a KernelSpec declares (``KernelSpec(contract="cross_entropy")``).
     name: str
-    #: Clause IDs of this contract start with ``prefix + "-"``.
+    #: Clause IDs of this contract start with ``prefix + "-"`` (the longest such prefix, when
+    #: two contracts' prefixes open an ID: ``DIST-DP-`` before ``DIST-``).
     prefix: str
     #: One line for the report header, e.g. "fn(logits (N, C), target (N,), ...) like F.cross_entropy".
     shape: str
@@ -44,6 +45,9 @@ class Contract:
     #: True when a bare callable's signature has this contract's shape; None: the contract is
     #: only declared (KernelSpec.contract) or taken as the default.
     recognises: Callable[[inspect.Signature], bool] | None = None
+    #: True when the kernel runs split across processes (torch.distributed): the checker calls
+    #: it in a group of rank processes (properties/distributed/), with a world size.
+    distributed: bool = False
 
 
 _CONTRACTS: dict[str, Contract] = {}
@@ -73,12 +77,13 @@ def contract_named(name: str) -> Contract:
 def contract_of_clause(clause_id: str) -> Contract:
     """The contract whose prefix opens ``clause_id`` (ValueError when none does)."""
     _load_builtin()
-    prefix = clause_id.partition("-")[0]
-    for contract in _CONTRACTS.values():
-        if contract.prefix == prefix:
-            return contract
+    # The longest prefix wins: DIST-DP-MEAN is the data-parallel contract's (prefix DIST-DP),
+    # DIST-VALUE the vocab-parallel one's (prefix DIST).
+    opening = [c for c in _CONTRACTS.values() if clause_id.startswith(c.prefix + "-")]
+    if opening:
+        return max(opening, key=lambda contract: len(contract.prefix))
     known = ", ".join(f"{c.prefix}- ({c.name})" for c in _CONTRACTS.values())
-    raise ValueError(f"clause {clause_id}: no contract has the prefix {prefix!r}; known: {known}")
+    raise ValueError(f"clause {clause_id}: no contract's prefix opens it; known: {known}")
 
 
 def recognise(signature: inspect.Signature | None) -> Contract:
@@ -98,4 +103,9 @@ DEFAULT_CONTRACT = "cross_entropy"
 def _load_builtin() -> None:
     # The built-in contracts register themselves on import; importing here, not at the top,
     # keeps this module free of torch for whoever only names a contract.
-    from properties.contract import cross_entropy, linear  # noqa: F401
+    from properties.contract import (  # noqa: F401
+        cross_entropy,
+        data_parallel,
+        linear,
+        vocab_parallel,
+    )

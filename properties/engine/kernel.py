@@ -51,6 +51,16 @@ class KernelSpec:
     #: Contract 3: False when the kernel claims O(chunk) extra memory, never holding the (N, C)
     #: logits at once; LCE-MEMORY then measures its peak against N·C·itemsize.
     builds_logits: bool = True
+    #: Distributed contracts (properties/contract/vocab_parallel.py, data_parallel.py): the
+    #: keyword under which the kernel takes its process group; None: the kernel finds it in a
+    #: framework's global state, which ``setup`` initialises.
+    process_group: str | None = "group"
+    #: Distributed contracts: called once in each rank process with (rank, world_size), after
+    #: ``torch.distributed.init_process_group`` (e.g. to initialise Megatron-core's parallel state).
+    setup: Callable[[int, int], None] | None = None
+    #: Vocab-parallel: "even" when the kernel needs C divisible by P with equal slices (as
+    #: Megatron-core does; the checker then draws only such shardings), else "any".
+    shards: Literal["any", "even"] = "any"
 
 
 @dataclass(frozen=True)
