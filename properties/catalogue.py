@@ -26,6 +26,8 @@ from properties.ce import (
     scale,
     value,
 )
+from properties.distributed import data as data_parallel
+from properties.distributed import vocab as vocab_parallel
 from properties.engine.clause import Clause
 from properties.lce import gradient as linear_gradient
 from properties.lce import memory as linear_memory
@@ -54,8 +56,13 @@ CROSS_ENTROPY_SECTIONS = (
 #: Contract 3 (``F.linear_cross_entropy``-shaped kernels).
 LINEAR_SECTIONS = (linear_value, linear_gradient, linear_structure, linear_memory)
 
+#: Contract 4 (a loss split across processes): vocab-parallel, then data-parallel.
+DISTRIBUTED_SECTIONS = (vocab_parallel, data_parallel)
+
 CLAUSES: tuple[Clause, ...] = tuple(
-    clause for section in CROSS_ENTROPY_SECTIONS + LINEAR_SECTIONS for clause in section.CLAUSES
+    clause
+    for section in CROSS_ENTROPY_SECTIONS + LINEAR_SECTIONS + DISTRIBUTED_SECTIONS
+    for clause in section.CLAUSES
 )
 BY_ID: Mapping[str, Clause] = {clause.id: clause for clause in CLAUSES}
 BY_CONTRACT: Mapping[str, tuple[Clause, ...]] = {

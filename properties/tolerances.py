@@ -783,3 +783,81 @@ TOLERANCES: Mapping[str, Callable[..., Any]] = {
     "linear_memory": linear_memory_budget,
     "fused_head_float32": fused_head_float32_bounds,
 }
+
+
+# --- Contract 4: a loss split across processes (vocab- and data-parallel) ---------------------
+#
+# Vocab-parallel: rank r holds columns [s_r, s_r + C_r) of every row. A correct kernel
+# all-reduces the row maximum m (exact: a max rounds nothing), sums exp(x_j − m) over its
+# columns in float32, and all-reduces the P partial sums in float32; the target logit comes from
+# the one rank that holds it (the others add exact zeros); label smoothing's Σ_j over classes is
+# summed the same way. Every other rank holds at least one column, so C_r ≤ C − (P − 1): a term's
+# path through the partial sum and the all-reduce is at most (C_r − 1) + (P − 1) ≤ C − 1
+# roundings, what contract 2's row sum already allows in any order (the 2C of _rows' lse error,
+# the C·u_w of label smoothing's sum). The gradient p_ij = exp(x_ij − m)/S is contract 2's
+# formula on the same S. So contract 2's bounds hold unchanged; what differs is only where the
+# row's sum is assembled. Summing the partial sums in bfloat16 (or keeping each one there before
+# the all-reduce) is summing a row in bfloat16, which contract 2's model rules out: for P ≥ 3 it
+# exceeds the two storage roundings of the row's sum that the model allows.
+
+
+def vocab_parallel_loss_bound(problem: Problem) -> torch.Tensor:
+    """The loss bound of a vocab-parallel kernel on the whole problem: contract 2's (see above)."""
+    return loss_bound(problem)
+
+
+def vocab_parallel_gradient_bound(problem: Problem, grad_output: torch.Tensor) -> torch.Tensor:
+    """(N, C) gradient bounds of a vocab-parallel kernel: contract 2's (see above); each rank's
+    slice is compared with its columns."""
+    return gradient_bound(problem, grad_output)
+
+
+# Data-parallel: rank r holds rows [a_r, a_r + N_r). A correct kernel reduces its own rows as
+# contract 2's sum does (Σ w_y·ℓ_i and, for a mean, Σ w_y), all-reduces the P partial sums, and
+# divides (or divides each partial sum by the all-reduced Σ w_y, then all-reduces). In float32
+# a term's path is (N_r − 1) + (P − 1) ≤ N − 1 roundings, within contract 2's γ_{N−1}. In the
+# storage dtype a rank may sum its rows in 16-way cascades and the all-reduce adds P − 1
+# roundings on top of the rank's cascade, which the whole batch's cascade need not contain
+# (255 rows on one rank: 30 roundings, plus 1; 256 rows in one batch: 30): P − 1 more roundings
+# relative to Σ|terms|, for the numerator and again for the denominator, plus one division per
+# partial sum. Hence contract 2's bound plus P·u_s relative to Σ|w_y·ℓ_i| (and to Σ w_y for the
+# mean, which moves the mean by P·u_s·|L|), and for the gradient, whose row factor g/Σ w_y
+# carries the denominator's error, P·u_s·|∂L/∂x|. Counts of tokens are integers below 2^24:
+# exact in float32, as in contract 2.
+
+
+def data_parallel_loss_bound(problem: Problem, world_size: int) -> torch.Tensor:
+    """() bound on a data-parallel kernel's global mean or sum over ``world_size`` ranks."""
+    if problem.reduction == "none":
+        raise ValueError('reduction="none" is not part of the data-parallel contract')
+    base = loss_bound(problem)
+    u_s = storage_roundoff(problem.dtype)
+    magnitude = token_losses(problem).abs().sum()
+    if problem.reduction == "sum":
+        return base + world_size * u_s * magnitude
+    weight_total = _target_weights(problem).sum()
+    if weight_total == 0:  # a mean over no counted token is NaN (or 0, as declared) exactly
+        return base
+    mean = token_losses(problem).sum() / weight_total
+    return base + world_size * u_s * (magnitude / weight_total + mean.abs())
+
+
+def data_parallel_gradient_bound(
+    problem: Problem, grad_output: torch.Tensor, world_size: int
+) -> torch.Tensor:
+    """(N, C) bounds on a data-parallel kernel's gradient entries over ``world_size`` ranks."""
+    base = gradient_bound(problem, grad_output)
+    if problem.reduction != "mean":
+        return base
+    u_s = storage_roundoff(problem.dtype)
+    extra = world_size * u_s * gradient_values(problem, grad_output).abs()
+    return base + torch.where(problem.counted[:, None], extra, 0.0)
+
+
+TOLERANCES = {
+    **TOLERANCES,
+    "dist_loss": vocab_parallel_loss_bound,
+    "dist_gradient": vocab_parallel_gradient_bound,
+    "dist_dp_loss": data_parallel_loss_bound,
+    "dist_dp_gradient": data_parallel_gradient_bound,
+}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from properties.engine.defaults import DEFAULT_DTYPES, shrinking_seconds
+from properties.engine.defaults import DEFAULT_DTYPES, DEFAULT_WORLD_SIZE, shrinking_seconds
 from properties.engine.job import CATALOGUE, Job, clauses_in, find_clause
 from properties.engine.kernel import KernelSpec, KernelUnderTest, resolve
 
@@ -52,6 +52,10 @@ class KernelReport:
     seconds: float = 0.0
     #: True when the run stopped at the first failure (--exitfirst) with clauses left unchecked.
     stopped_early: bool = False
+    #: Distributed contracts: the rank processes the kernel runs on (None for the others), and
+    #: the seconds each rank may take to answer a call (None: properties.distributed.group's).
+    world_size: int | None = None
+    rank_seconds: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -124,6 +128,20 @@ def check_device(kernel: KernelUnderTest, device: str) -> None:
             raise SpecError("--device cuda: no CUDA device is available to this PyTorch")
 
 
+def choose_world_size(kernel: KernelUnderTest, requested: int | None) -> int | None:
+    """The rank processes for a distributed kernel (``requested``, else DEFAULT_WORLD_SIZE);
+    None for any other kernel, and SpecError when a world size is asked of one."""
+    if kernel.contract.distributed:
+        return DEFAULT_WORLD_SIZE if requested is None else requested
+    if requested is not None:
+        raise SpecError(
+            f"--world-size {requested}: {kernel.name} follows contract "
+            f"{kernel.contract.name!r}, which runs in one process; --world-size is for the "
+            "distributed contracts (vocab_parallel, data_parallel)"
+        )
+    return None
+
+
 def select_clauses(ids: Sequence[str], catalogue: str = CATALOGUE) -> tuple[Clause, ...]:
     """Every clause of the catalogue, or those named (SpecError for an unknown ID)."""
     clauses = clauses_in(catalogue)
@@ -180,6 +198,8 @@ def check_kernel(
                         report.profile, failed_before=failed_before
                     ),
                     run_dtypes=report.dtypes,
+                    world_size=report.world_size,
+                    rank_seconds=report.rank_seconds,
                 )
 
     if pool is None:

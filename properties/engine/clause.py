@@ -31,6 +31,10 @@ class Trial:
     #: Every dtype chosen for the run (``--dtype`` or the device's defaults, less those the
     #: kernel rules out); a clause that compares dtypes (CE-DTYPES) compares these.
     run_dtypes: tuple[str, ...] = ()
+    #: Distributed contracts: the number of rank processes the kernel runs on (None for the
+    #: others), and the seconds a rank may take to answer one call (None: the default).
+    world_size: int | None = None
+    rank_seconds: float | None = None
     #: Largest error/bound seen in this example; the checker reports the worst over examples.
     worst_ratio: float = 0.0
     #: Largest error/bound per label in this example. In the thorough profile the runner hands
@@ -100,6 +104,17 @@ class Violation:
         return "\n".join(lines)
 
 
+class UnshrinkableViolation(BaseException):
+    """A violation that ends the clause's run at once, without shrinking: raised where trying
+    another example would cost as much as the failure did (a rank process that hung for the
+    whole per-call limit). Not an Exception, so Hypothesis lets it through unshrunk; the
+    runner reports it as the clause's failure."""
+
+    def __init__(self, violation: Violation) -> None:
+        super().__init__(violation.render())
+        self.violation = violation
+
+
 class ClauseViolation(AssertionError):
     """A clause did not hold: raised inside a clause's test, carries a :class:`Violation`."""
 
@@ -147,9 +162,11 @@ _DOCSTRING = re.compile(
 class Mismatch(Exception):
     """Raised by a check; the clause decorator re-raises it as a ClauseViolation."""
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, shrink: bool = True, **details: Any) -> None:
         super().__init__(message)
         self.message = message
+        #: False: report this example as it is, without trying others (UnshrinkableViolation).
+        self.shrink = shrink
         self.details = details
 
 
@@ -178,9 +195,12 @@ def clause(
             try:
                 test(trial)
             except Mismatch as mismatch:
-                raise ClauseViolation(
+                violation = ClauseViolation(
                     clause_id, message=f"{equation}\n  {mismatch.message}", **mismatch.details
-                ) from None
+                )
+                if not mismatch.shrink:
+                    raise UnshrinkableViolation(violation.violation) from None
+                raise violation from None
 
         run.__name__ = run.__qualname__ = test.__name__
         run.__doc__ = test.__doc__

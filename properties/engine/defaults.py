@@ -12,6 +12,15 @@ from typing import Any
 #: this project's production loss and PyTorch's.
 DEFAULT_KERNELS = ("lmloss:cross_entropy", "torch.nn.functional:cross_entropy")
 DEVICES = ("cpu", "cuda")
+#: Distributed contracts (vocab- and data-parallel): the rank processes a kernel runs on when
+#: no --world-size is given.
+DEFAULT_WORLD_SIZE = 2
+#: What the pytest suite checks the distributed clauses against with no --kernel of their
+#: contract: this project's own implementations, one per distributed contract.
+DEFAULT_DISTRIBUTED_KERNELS = {
+    "vocab_parallel": "lmloss:vocab_parallel_cross_entropy",
+    "data_parallel": "lmloss:data_parallel_cross_entropy",
+}
 #: dtypes the suite has tolerances for, by torch name (their limits: properties/engine/dtypes.py).
 DTYPES = ("float32", "bfloat16", "float16")
 #: dtypes checked when none are asked for: on CPU the two that training uses there (float32,

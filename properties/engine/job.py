@@ -43,6 +43,10 @@ class Job:
     catalogue: str = CATALOGUE
     #: Every dtype of the run (a clause that compares dtypes compares these); () : ``dtype``.
     run_dtypes: tuple[str, ...] = ()
+    #: Distributed contracts: the number of rank processes (None: the default, 2) and the
+    #: seconds each may take to answer a call (None: properties.distributed.group's default).
+    world_size: int | None = None
+    rank_seconds: float | None = None
 
     def run(
         self,
@@ -65,6 +69,8 @@ class Job:
             shrinking_seconds=self.shrinking_seconds,
             run_dtypes=self.run_dtypes,
             watch=watch,
+            world_size=self.world_size,
+            rank_seconds=self.rank_seconds,
         )
 
 

@@ -24,8 +24,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from properties.engine.clause import Clause, ClauseInfo, ClauseViolation, Trial, Violation
-from properties.engine.defaults import PROFILES, SHRINKING_SECONDS, STEERING_PROFILES
+from properties.engine.clause import (
+    Clause,
+    ClauseInfo,
+    ClauseViolation,
+    Trial,
+    UnshrinkableViolation,
+    Violation,
+)
+from properties.engine.defaults import (
+    DEFAULT_WORLD_SIZE,
+    PROFILES,
+    SHRINKING_SECONDS,
+    STEERING_PROFILES,
+)
 from properties.engine.snippet import call_snippet
 
 if TYPE_CHECKING:
@@ -105,8 +117,14 @@ def run_clause(
     shrinking_seconds: int | None = None,
     run_dtypes: tuple[str, ...] = (),
     watch: CallWatch | None = None,
+    world_size: int | None = None,
+    rank_seconds: float | None = None,
 ) -> ClauseResult:
     """Check one clause for one kernel, dtype and device under a profile's settings.
+
+    ``world_size``: the rank processes a distributed kernel runs on (default
+    DEFAULT_WORLD_SIZE for a distributed contract; ignored for the others); ``rank_seconds``
+    the per-call limit of each rank (properties/distributed/group.py).
 
     ``watch`` is told of each kernel call before it starts and when it ends (a worker process
     keeps the call's inputs, so a call that kills the process or never returns can be reported).
@@ -130,6 +148,8 @@ def run_clause(
             clause.info(), dtype, device, "not applicable", 0.0, 0, 0.0, reason=reason
         )
 
+    # Only a distributed contract runs on several processes.
+    world_size = (world_size or DEFAULT_WORLD_SIZE) if kernel.contract.distributed else None
     recorder = _CallRecorder(kernel, clause, device, watch)
     steer = profile in STEERING_PROFILES
     if shrinking_seconds is None:
@@ -150,6 +170,8 @@ def run_clause(
             device=device,
             data=data,
             run_dtypes=run_dtypes or (dtype,),
+            world_size=world_size,
+            rank_seconds=rank_seconds,
         )
         recorder.forget()
         try:
@@ -201,6 +223,8 @@ def run_clause(
     try:
         with _shrinking_limited_to(shrinking_seconds):
             example()
+    except UnshrinkableViolation as stopped:
+        return result("fails", violation=stopped.violation)
     except ClauseViolation as raised:
         worst_ratio = max(worst_ratio, _ratio(raised.violation))
         return result("fails", violation=raised.violation, shrinking_cut_at=shrinking_cut())

@@ -92,7 +92,7 @@ def program(
 ) -> str:
     """The one shape of every reproducer: imports, the kernel, the tensors (built on the CPU),
     their move to ``device``, then the calls; ``inf`` and ``nan`` imported where used."""
-    lines = ["import torch", *_kernel_import(kernel), *setup]
+    lines = ["import torch", *kernel_import(kernel), *setup]
     if device != "cpu" and tensors:
         moved = ", ".join(f'{name}.to("{device}")' for name in tensors)
         lines.append(f"{', '.join(tensors)}{',' if len(tensors) == 1 else ''} = {moved}")
@@ -116,7 +116,7 @@ def _tensor_on(tensor: torch.Tensor, device: str) -> str:
     return expression
 
 
-def _kernel_import(kernel: KernelUnderTest) -> list[str]:
+def kernel_import(kernel: KernelUnderTest) -> list[str]:
     """Lines that bind ``kernel`` to the callable the KernelUnderTest wraps."""
     fn = kernel.spec.fn
     if kernel.source is not None:
