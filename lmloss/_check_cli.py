@@ -10,17 +10,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from properties.distributed.group import DEFAULT_RANK_SECONDS, RANK_TIMEOUT_ENV
 from properties.engine.check import (
     KernelReport,
     SpecError,
     check_device,
     check_kernel,
     choose_dtypes,
+    choose_world_size,
     load_kernel,
     select_clauses,
     versions,
 )
-from properties.engine.defaults import DEFAULT_KERNELS, DEFAULT_PROFILE, DEVICES, DTYPES, PROFILES
+from properties.engine.defaults import (
+    DEFAULT_KERNELS,
+    DEFAULT_PROFILE,
+    DEFAULT_WORLD_SIZE,
+    DEVICES,
+    DTYPES,
+    PROFILES,
+)
 from properties.engine.workers import DEFAULT_CALL_SECONDS, WorkerPool, usable_cores
 
 if TYPE_CHECKING:
@@ -43,7 +52,10 @@ def add_parser(subparsers: Any) -> None:
             "hold, with the smallest counterexample for each that fails. A kernel shaped like "
             "torch.nn.functional.cross_entropy gets the CE- clauses; one shaped like "
             "torch.nn.functional.linear_cross_entropy (parameters input, linear_weight, "
-            "target; or a KernelSpec with contract='linear') gets the LCE- clauses. "
+            "target; or a KernelSpec with contract='linear') gets the LCE- clauses; a "
+            "vocab-parallel one (local_logits, target, vocab_start) the DIST- clauses and a "
+            "data-parallel one (local_logits, local_target) the DIST-DP- clauses, run on "
+            "--world-size processes. "
             "Exit 0: every applicable clause holds; "
             "1: a clause failed; 2: the SPEC or the arguments cannot be used."
         ),
@@ -107,6 +119,24 @@ def add_parser(subparsers: Any) -> None:
         metavar="SECONDS",
         help="a kernel call running longer is reported as hung on its clause "
         f"(default {DEFAULT_CALL_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=_positive_int,
+        default=None,
+        metavar="P",
+        help="distributed kernels (vocab- or data-parallel): the rank processes to run them on, "
+        f"gloo on the CPU, NCCL with --device cuda (default {DEFAULT_WORLD_SIZE}); an error for "
+        "any other kernel",
+    )
+    parser.add_argument(
+        "--rank-timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="distributed kernels: a rank that does not answer a call within this is reported "
+        f"as hung and every rank is killed (default {DEFAULT_RANK_SECONDS:g}; env "
+        f"{RANK_TIMEOUT_ENV})",
     )
     parser.add_argument(
         "--json", type=Path, metavar="PATH", help="also write the report as JSON, after each clause"
@@ -201,6 +231,8 @@ def _prepare(args: argparse.Namespace) -> tuple[list[KernelReport], tuple[Clause
         check_device(kernel, args.device)
         dtypes, skipped = choose_dtypes(kernel, args.dtypes, args.device)
         report = KernelReport(kernel, args.device, args.profile, dtypes, skipped)
+        report.world_size = choose_world_size(kernel, args.world_size)
+        report.rank_seconds = args.rank_timeout
         report.versions = versions(kernel)
         reports.append(report)
     return reports, clauses

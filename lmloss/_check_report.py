@@ -29,6 +29,12 @@ def header(report: KernelReport, examples: int) -> str:
     kernel = report.kernel
     lines = [f"lmloss check: {kernel.name}" + (f"  ({kernel.source})" if kernel.source else "")]
     lines.append(f"  contract: {kernel.contract.name}, {kernel.contract.shape}")
+    if report.world_size is not None:
+        backend = "NCCL" if report.device == "cuda" else "gloo"
+        lines.append(
+            f"  world size {report.world_size}: {report.world_size} rank processes on "
+            f"{backend}, each example drawn once here and split across them"
+        )
     dtypes = ", ".join(report.dtypes)
     lines.append(
         f"  device {report.device} · dtypes {dtypes} · "
@@ -203,6 +209,7 @@ def _kernel_data(report: KernelReport) -> dict[str, Any]:
         "dtypes": list(report.dtypes),
         "skipped_dtypes": report.skipped_dtypes,
         "contract": report.kernel.contract.name,
+        "world_size": report.world_size,
         "accepts": sorted(report.kernel.accepts),
         "declares": {
             "dtypes": list(spec.dtypes) if spec.dtypes is not None else None,
@@ -213,6 +220,9 @@ def _kernel_data(report: KernelReport) -> dict[str, Any]:
             "empty_mean": spec.empty_mean,
             "z_loss_weighting": spec.z_loss_weighting,
             "differentiable": spec.differentiable,
+            "process_group": spec.process_group,
+            "setup": None if spec.setup is None else getattr(spec.setup, "__qualname__", "?"),
+            "shards": spec.shards,
         },
         "seconds": _number(report.seconds),
         "results": [_result_data(result) for result in report.results],
@@ -264,6 +274,15 @@ def _declarations(report: KernelReport) -> list[str]:
         found.append(
             "options " + ", ".join(f"{name} as {own!r}" for name, own in spec.options.items())
         )
+    if report.kernel.contract.distributed:
+        if spec.process_group is None:
+            found.append("takes its process group from global state (setup hook)")
+        elif spec.process_group != "group":
+            found.append(f"takes its process group as {spec.process_group!r}")
+        if spec.setup is not None:
+            found.append(f"setup {getattr(spec.setup, '__qualname__', '?')} in each rank")
+        if spec.shards == "even":
+            found.append("needs equal vocabulary slices (C divisible by P)")
     if tuple(spec.reductions) != ("mean", "sum", "none"):
         found.append(f"reductions {', '.join(spec.reductions)}")
     return found
