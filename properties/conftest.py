@@ -32,9 +32,11 @@ import pytest
 from hypothesis import settings
 
 from properties.engine.defaults import (
+    DEFAULT_DISTRIBUTED_KERNELS,
     DEFAULT_DTYPES,
     DEFAULT_KERNELS,
     DEFAULT_PROFILE,
+    DEFAULT_WORLD_SIZE,
     DEVICES,
     DTYPES,
     PROFILES,
@@ -70,6 +72,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=DTYPES,
         help="dtype to check (repeat for several); env LMLOSS_DTYPE; default: the device's, "
         f"on CPU {', '.join(DEFAULT_DTYPES['cpu'])}",
+    )
+    group.addoption(
+        "--world-size",
+        type=int,
+        default=int(os.environ.get("LMLOSS_WORLD_SIZE", DEFAULT_WORLD_SIZE)),
+        help="rank processes the distributed clauses run on; env LMLOSS_WORLD_SIZE; "
+        f"default {DEFAULT_WORLD_SIZE}",
     )
     group.addoption(
         "--device",
@@ -167,15 +176,66 @@ def check(
         result = run_clause(
             clause, kernel, dtype=dtype, device=device, profile=profile, run_dtypes=run_dtypes
         )
-        if result.status == "not applicable":
-            pytest.skip(f"{clause.id}: {result.reason}")
-        if result.status == "fails" and result.violation is not None:
-            pytest.fail(result.violation.render(), pytrace=False)
-        if result.status == "error":
-            pytest.fail(f"{clause.id}: the check itself raised\n{result.detail}", pytrace=False)
-        return result
+        return _verdict(clause, result)
 
     return run
+
+
+@pytest.fixture
+def check_distributed(
+    request: pytest.FixtureRequest, dtype: str, device: str, profile: str
+) -> Callable[[Clause], Any]:
+    """check_distributed(clause): run a distributed clause in this dtype on ``--world-size``
+    ranks against every ``--kernel`` of its contract, or else against this project's own kernel
+    of that contract (skipped, with the reason, when it cannot be loaded)."""
+    from properties.engine.check import SpecError, load_kernel
+    from properties.engine.runner import run_clause
+
+    world_size: int = request.config.getoption("world_size")
+    explicit = request.config.getoption("kernel") or _split(os.environ.get("LMLOSS_KERNEL", ""))
+
+    def run(clause: Clause) -> Any:
+        kernels = []
+        for spec in explicit:
+            try:
+                loaded = load_kernel(spec)
+            except SpecError as exc:
+                pytest.fail(f"--kernel / LMLOSS_KERNEL: {exc}", pytrace=False)
+            if loaded.contract.name == clause.contract:
+                kernels.append(loaded)
+        if not kernels:
+            default = DEFAULT_DISTRIBUTED_KERNELS[clause.contract]
+            try:
+                kernels.append(load_kernel(default))
+            except SpecError as exc:
+                pytest.skip(f"no {clause.contract} kernel to check: {exc}")
+        results = []
+        for kernel in kernels:
+            declared = kernel.spec.dtypes
+            if (declared is not None and dtype not in declared) or (
+                device not in kernel.spec.devices
+            ):
+                continue
+            result = run_clause(
+                clause, kernel, dtype=dtype, device=device, profile=profile, world_size=world_size
+            )
+            results.append(_verdict(clause, result))
+        if not results:
+            pytest.skip(f"no {clause.contract} kernel declares {dtype} on {device}")
+        return results
+
+    return run
+
+
+def _verdict(clause: Clause, result: Any) -> Any:
+    """The result of a clause run, or pytest's skip or failure with the shrunk counterexample."""
+    if result.status == "not applicable":
+        pytest.skip(f"{clause.id}: {result.reason}")
+    if result.status == "fails" and result.violation is not None:
+        pytest.fail(result.violation.render(), pytrace=False)
+    if result.status == "error":
+        pytest.fail(f"{clause.id}: the check itself raised\n{result.detail}", pytrace=False)
+    return result
 
 
 def _split(value: str) -> list[str]:
