@@ -260,7 +260,7 @@ def test_vocab_parallel_loss_and_slice_gradients_match_the_oracle(
         f"{batch.describe()}, {shards.describe('columns')}, lmloss.vocab_parallel_cross_entropy"
     )
     losses = [loss for loss, _ in answers]
-    assert_identical_on_every_rank("DIST-SAME", losses, context)
+    assert_identical_on_every_rank("DIST-SAME-LOSS", losses, context)
     problem = Problem.of(batch.x, batch.y, **keywords)
     assert_within(
         "[DIST-VALUE] loss", losses[0], oracle_loss(problem), TOLERANCES["loss"](problem), context
@@ -368,7 +368,7 @@ def test_data_parallel_global_mean_and_row_gradients_match_the_oracle(
 
     context = f"{batch.describe()}, {shards.describe('rows')}, lmloss.data_parallel_cross_entropy"
     losses = [loss for loss, _ in answers]
-    assert_identical_on_every_rank("DIST-DP-SAME", losses, context)
+    assert_identical_on_every_rank("DIST-DP-SAME-LOSS", losses, context)
     problem = Problem.of(batch.x, batch.y, **keywords)
     assert_within(
         "[DIST-DP-MEAN] loss",
