@@ -233,6 +233,7 @@ torch_chunked_linear_cross_entropy = KernelSpec(
     fn=_torch_chunked_linear_cross_entropy,
     name="torch.nn.functional.linear_cross_entropy(options=LinearCrossEntropyOptions())",
     contract="linear",
+    builds_logits=False,
 )
 #: Rows per chunk of torch_chunked_linear_cross_entropy_small_chunks: small and odd, so that
 #: every batch of more than seven rows crosses chunk edges and leaves a ragged last chunk.
@@ -243,6 +244,7 @@ torch_chunked_linear_cross_entropy_small_chunks = KernelSpec(
     fn=_torch_chunked_in_small_chunks,
     name="torch.nn.functional.linear_cross_entropy(options=LinearCrossEntropyOptions(batch_chunk_size=7))",
     contract="linear",
+    builds_logits=False,
 )
 
 
@@ -312,6 +314,7 @@ liger_fused_linear_cross_entropy = KernelSpec(
     fn=_liger_fused_linear_cross_entropy,
     name="liger_kernel.transformers.functional.liger_fused_linear_cross_entropy",
     contract="linear",
+    builds_logits=False,
     empty_mean="zero",
     z_loss_weighting="unweighted",
     options={"z_loss": "lse_square_scale", "softcap": "softcap"},
@@ -348,6 +351,7 @@ liger_fused_linear_cross_entropy_interpreted = KernelSpec(
     fn=_liger_fused_without_weight_or_softcap,
     name="liger_kernel.transformers.functional.liger_fused_linear_cross_entropy",
     contract="linear",
+    builds_logits=False,
     empty_mean="zero",
     options={"z_loss": "lse_square_scale"},
 )
@@ -420,6 +424,7 @@ cut_cross_entropy = KernelSpec(
     fn=_cut_cross_entropy,
     name="cut_cross_entropy.linear_cross_entropy (impl='cce')",
     contract="linear",
+    builds_logits=False,
     devices=("cuda",),
     options={"softcap": "softcap"},
 )
