@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Every GPU check a person with one GPU needs, results and a summary in one folder, in about
-# eight minutes: the gpu-marked tests, then `lmloss check --device cuda -j N` on this project's
-# loss, PyTorch's, torch.compile's and Liger's (when installed). Installs nothing.
+# Every GPU check a person with one GPU needs, results and a summary in one folder: the
+# gpu-marked tests, then `lmloss check --device cuda -j N` on this project's loss, PyTorch's,
+# torch.compile's and Liger's (when installed), in about eight minutes; then the loss kernels'
+# speed benchmarks (benchmarks/run_gpu.sh), whose JSON and plot land in OUT/benchmarks/ (copy the
+# JSON to benchmarks/results/ to keep it). Installs nothing.
 #
 #   bash benchmarks/gpu_check.sh [OUT]            # OUT: default gpu-check-<date>
 #
-# Each step has a time limit (STEP_SECONDS) so the whole stays bounded; a check stopped by its
-# limit keeps what it found in its JSON ("complete": false). Settings, for a dry run on a CPU
-# among others: DEVICE (cuda), JOBS (the CPU count), PROFILE (quick), STEP_SECONDS (90),
-# KERNELS (space-separated SPECs), CLAUSES (space-separated IDs; default every clause),
-# PYTEST_MARK (gpu; empty to skip pytest).
+# Each step has a time limit (STEP_SECONDS; BENCH_SECONDS for the benchmarks) so the whole stays
+# bounded; a check stopped by its limit keeps what it found in its JSON ("complete": false).
+# Settings, for a dry run on a CPU among others: DEVICE (cuda), JOBS (the CPU count), PROFILE
+# (quick), STEP_SECONDS (90), KERNELS (space-separated SPECs), CLAUSES (space-separated IDs;
+# default every clause), PYTEST_MARK (gpu; empty to skip pytest), BENCH (1; 0 skips the
+# benchmarks), BENCH_SECONDS (600), BENCH_SELECT (a pytest -k expression; default every benchmark).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-.}"
@@ -20,6 +23,9 @@ jobs="${JOBS:-$(nproc)}"
 profile="${PROFILE:-quick}"
 step_seconds="${STEP_SECONDS:-90}"
 pytest_mark="${PYTEST_MARK-gpu}"
+bench="${BENCH:-1}"
+bench_seconds="${BENCH_SECONDS:-600}"
+bench_select="${BENCH_SELECT:-}"
 default_kernels="lmloss:cross_entropy torch.nn.functional:cross_entropy properties.kernels.real:compiled_cross_entropy"
 if python -c "import liger_kernel" 2>/dev/null; then
     default_kernels="$default_kernels properties.kernels.real:liger_cross_entropy"
@@ -66,6 +72,17 @@ for spec in $kernels; do
     code=$?
     echo "lmloss check $spec: exit $code ($((SECONDS - start)) s)" >> "$summary"
 done
+
+if [ "$bench" != 0 ]; then
+    start=$SECONDS
+    selection=()
+    if [ -n "$bench_select" ]; then selection=(-k "$bench_select"); fi
+    BENCH_DEVICE="$device" timeout "$bench_seconds" bash benchmarks/run_gpu.sh "$out/benchmarks" \
+        "${selection[@]}" > "$out/benchmarks.txt" 2>&1
+    code=$?
+    outcome=$(grep -E "[0-9]+ (passed|failed|skipped|error)" "$out/benchmarks.txt" | tail -n 1)
+    echo "kernel benchmarks: exit $code ($((SECONDS - start)) s): ${outcome:-$(tail -n 1 "$out/benchmarks.txt")}" >> "$summary"
+fi
 
 # One line per kernel and dtype from the JSON reports (a stopped check says so).
 python - "$out" >> "$summary" 2>&1 <<'PYTHON'
