@@ -26,6 +26,12 @@ for the logits' device, and the result stays float32, as autocast returns it for
 the input's dtype, which autocast leaves alone), so its float32 result is about as coarse as
 bfloat16. The gradient is computed in float32 and rounded once to the logits' dtype.
 
+On CUDA, when Triton imports, :func:`cross_entropy` (and so :func:`lm_loss` and the training
+loop) runs lmloss's fused Triton kernel instead (:mod:`lmloss._triton_ce`: the loss and its
+gradient in one launch, float32 inside, the same rounding of the result); float64 logits, the
+CPU, and machines without Triton keep the torch path described here. One function,
+:func:`_loss_implementation`, makes that choice.
+
 Bad shapes and dtypes raise ``ValueError`` / ``TypeError`` naming the argument and what was
 expected. Target values are not range-checked here (that would cost a device synchronisation);
 PyTorch raises on CPU for a target outside [0, C) that is not ``ignore_index``.
@@ -34,7 +40,9 @@ PyTorch raises on CPU for a target outside [0, C) that is not ``ignore_index``.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +51,8 @@ from torch import Tensor, nn
 from reference import DEFAULT_IGNORE_INDEX
 
 REDUCTIONS = ("mean", "sum", "none")
+#: The logits' dtypes lmloss's fused Triton kernel takes (it computes in float32 for all three).
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: Logits per chunk when half-precision logits are upcast to float32: 2^24 logits, 64 MiB of
 #: float32 (512 rows of a 32,768-class vocabulary). A batch of 8 sequences of 2,048 tokens over
 #: 32,000 classes is 32 chunks: the float32 copy is 1/32 of what it would be, for 32 calls.
@@ -70,6 +80,17 @@ def cross_entropy(
     _check_flat_target(target, logits)
     if weight is not None:
         _check_weight(weight, logits)
+    if _loss_implementation(logits.device, logits.dtype) == "triton":
+        from lmloss._triton_ce import fused_cross_entropy
+
+        return fused_cross_entropy(
+            logits,
+            target,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            weight=weight,
+        )
     loss = _float_cross_entropy(
         logits,
         target,
@@ -81,6 +102,25 @@ def cross_entropy(
     if _autocast_enabled(logits.device.type):
         return loss
     return loss.to(logits.dtype)
+
+
+def _loss_implementation(device: torch.device, dtype: torch.dtype) -> Literal["triton", "torch"]:
+    """What :func:`cross_entropy` runs for logits on ``device`` in ``dtype``: "triton" (the fused
+    kernel, which takes every option cross_entropy has) on CUDA for float32, bfloat16 and float16
+    when Triton imports; "torch" on the CPU (where Triton has only its interpreter), for float64,
+    and without Triton."""
+    if device.type == "cuda" and dtype in TRITON_DTYPES and _triton_importable():
+        return "triton"
+    return "torch"
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def lm_loss(

@@ -48,6 +48,11 @@ class KernelSpec:
     z_loss_weighting: Literal["weighted", "unweighted"] = "weighted"
     #: False for a forward-only kernel: gradient clauses are then not applicable.
     differentiable: bool = True
+
+    def __call__(self, *arguments: Any, **keywords: Any) -> Any:
+        """The kernel itself, called with its own keywords: a spec can stand where its function
+        is used (``lmloss.triton_cross_entropy`` is both)."""
+        return self.fn(*arguments, **keywords)
     #: Contract 3: False when the kernel claims O(chunk) extra memory, never holding the (N, C)
     #: logits at once; LCE-MEMORY then measures its peak against N·C·itemsize.
     builds_logits: bool = True
