@@ -49,10 +49,6 @@ class KernelSpec:
     #: False for a forward-only kernel: gradient clauses are then not applicable.
     differentiable: bool = True
 
-    def __call__(self, *arguments: Any, **keywords: Any) -> Any:
-        """The kernel itself, called with its own keywords: a spec can stand where its function
-        is used (``lmloss.triton_cross_entropy`` is both)."""
-        return self.fn(*arguments, **keywords)
     #: Contract 3: False when the kernel claims O(chunk) extra memory, never holding the (N, C)
     #: logits at once; LCE-MEMORY then measures its peak against N·C·itemsize.
     builds_logits: bool = True
@@ -66,6 +62,11 @@ class KernelSpec:
     #: Vocab-parallel: "even" when the kernel needs C divisible by P with equal slices (as
     #: Megatron-core does; the checker then draws only such shardings), else "any".
     shards: Literal["any", "even"] = "any"
+
+    def __call__(self, *arguments: Any, **keywords: Any) -> Any:
+        """The kernel itself, called with its own keywords: a spec can stand where its function
+        is used (``lmloss.triton_cross_entropy`` is both)."""
+        return self.fn(*arguments, **keywords)
 
 
 @dataclass(frozen=True)
