@@ -35,11 +35,21 @@ autocast (where the projection takes bfloat16 operands, as the model's head woul
 
 Around it: AdamW, gradient clipping, warmup + cosine learning rate, held-out loss / perplexity /
 bits per byte, atomic checkpoints and an exact resume.
+
+Data-parallel (``lmloss train --nproc P``, :func:`train_data_parallel`): P processes on gloo,
+each with a replica of the model wrapped in DistributedDataParallel, draw the same global batch
+and take their share of its rows (ragged: B need not divide by P, and the ranks count different
+numbers of targets). Each rank's step (:func:`data_parallel_forward_backward`) divides its summed
+loss by the count of the *global* batch, so that the ranks' gradients add up to the full
+batch's; DDP averages them instead of adding, and each rank's term is multiplied by P to undo
+that. Clause TRAIN-DDP (properties/training/test_ddp.py) checks it against the one-process step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -50,7 +60,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from lmloss._data import ByteDataset, Corpus, python_docs_corpus, unigram_bits_per_byte
 from lmloss._loss import cross_entropy
@@ -139,6 +152,46 @@ def forward_backward(
         (loss / counted).backward()
         sums.append(loss.detach())
     return torch.stack(sums).sum() / counted
+
+
+def data_parallel_forward_backward(
+    model: DistributedDataParallel,
+    criterion: Criterion,
+    micro_batches: Sequence[Batch],
+    *,
+    use_amp: bool = False,
+) -> Tensor:
+    """:func:`forward_backward` for one rank of a data-parallel group: this rank's rows of the
+    global batch in, the full batch's ∂L/∂θ on every rank out (after DDP's all-reduce).
+
+    L = (1/N) Σ_i ℓ_i over the N counted targets of *every* rank's rows: N is all-reduced before
+    any backward pass, and each rank back-propagates P·(Σ_{its i} ℓ_i)/N. DDP all-reduces the
+    gradients and divides by P (it averages replicas), which leaves Σ_ranks Σ_{its i} ∇ℓ_i / N,
+    the full batch's gradient. Returns the full batch's loss (detached), the same on every rank.
+    A rank may hold no row and no counted target; the global batch must count one.
+    """
+    group = model.process_group
+    device = next(model.parameters()).device
+    local_counted = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
+    counted_tensor = torch.tensor(local_counted, dtype=torch.int64, device=device)
+    dist.all_reduce(counted_tensor, group=group)
+    counted = int(counted_tensor)
+    if counted == 0:
+        raise ValueError("every target of the batch is ignored: the mean loss is undefined")
+    world_size = dist.get_world_size(group)
+    sums = []
+    for index, (x, y) in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        # DDP all-reduces in the backward pass of the last micro-batch only: before it,
+        # gradients accumulate locally (no_sync).
+        with model.no_sync() if not last else contextlib.nullcontext():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = _summed_loss(model, criterion, None, x, y)
+            (loss * world_size / counted).backward()
+        sums.append(loss.detach())
+    total = torch.stack(sums).sum()
+    dist.all_reduce(total, group=group)
+    return total / counted
 
 
 @torch.no_grad()
@@ -367,6 +420,134 @@ def train(
         amp=use_amp,
         train_losses=train_losses,
     )
+
+
+def train_data_parallel(
+    config: TrainConfig | None = None,
+    model_config: GPTConfig | None = None,
+    *,
+    nproc: int,
+    corpus: Corpus | None = None,
+    use_amp: bool = False,
+    threads: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """:func:`train` on ``nproc`` CPU processes: DistributedDataParallel over gloo.
+
+    Each global batch of ``config.batch_size`` sequences (per micro-batch) is the one the
+    single-process loop draws; rank r takes its share of the rows (``torch.tensor_split``: the
+    shares differ by one row when P does not divide B), and the step is
+    :func:`data_parallel_forward_backward`. Rank 0 evaluates, logs and returns the result; every
+    rank runs ``threads`` torch threads. No checkpoints, and the default criterion only
+    (``lmloss.cross_entropy``; the fused linear criterion calls the model's parts around DDP's
+    forward, which DDP would not synchronise).
+    """
+    config = config or TrainConfig()
+    model_config = model_config or GPTConfig()
+    corpus = corpus or python_docs_corpus()
+    if nproc < 1:
+        raise ValueError(f"nproc must be at least 1, got {nproc}")
+    with tempfile.TemporaryDirectory() as directory:
+        mp.spawn(
+            _train_rank,
+            args=(nproc, directory, config, model_config, corpus, use_amp, threads, log),
+            nprocs=nproc,
+        )
+        summary = json.loads(Path(directory, _RESULT_FILE).read_text())
+    return TrainResult(**summary)
+
+
+#: Where rank 0 leaves the TrainResult for the parent (a pipe could fill and block it while the
+#: parent waits to join it).
+_RESULT_FILE = "result.json"
+
+
+def _train_rank(
+    rank: int,
+    nproc: int,
+    directory: str,
+    config: TrainConfig,
+    model_config: GPTConfig,
+    corpus: Corpus,
+    use_amp: bool,
+    threads: int,
+    log: Callable[[str], None] | None,
+) -> None:
+    """One rank of :func:`train_data_parallel`; rank 0 writes the TrainResult to ``directory``."""
+    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    store = dist.FileStore(os.path.join(directory, "store"), nproc)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=nproc)
+    try:
+        log = log if rank == 0 else None
+        dataset = ByteDataset(
+            corpus,
+            batch_size=config.batch_size,
+            block_size=model_config.block_size,
+            seed=config.seed,
+        )
+        torch.manual_seed(config.seed)
+        model = GPT(model_config)
+        replicas = DistributedDataParallel(model)
+        optimizer = build_optimizer(model, config)
+        held_out = dataset.held_out_batches(config.eval_windows)
+        initial_loss = evaluate(model, held_out, use_amp=use_amp) if rank == 0 else math.nan
+
+        model.train()
+        tokens_per_step = config.micro_batches * config.batch_size * model_config.block_size
+        train_losses: list[float] = []
+        training_seconds = 0.0
+        interval_start, interval_steps = time.perf_counter(), 0
+        for step in range(config.steps):
+            step_start = time.perf_counter()
+            learning_rate = learning_rate_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+            micro_batches = []
+            for _ in range(config.micro_batches):
+                x, y = dataset.get_batch()  # (B, T): the global batch, the same on every rank
+                micro_batches.append((x.tensor_split(nproc)[rank], y.tensor_split(nproc)[rank]))
+            loss = data_parallel_forward_backward(
+                replicas, cross_entropy, micro_batches, use_amp=use_amp
+            )
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_losses.append(float(loss))
+            training_seconds += time.perf_counter() - step_start
+            interval_steps += 1
+            done = step + 1
+            if done % config.log_interval == 0 or done == config.steps:
+                rate = interval_steps * tokens_per_step / (time.perf_counter() - interval_start)
+                _log(
+                    log,
+                    f"step {done:>5}/{config.steps}  loss {train_losses[-1]:.4f}  "
+                    f"lr {learning_rate:.2e}  {rate:,.0f} tokens/s",
+                )
+                interval_start, interval_steps = time.perf_counter(), 0
+        if rank == 0:
+            final_loss = evaluate(model, held_out, use_amp=use_amp)
+            held_out_text = bytes(dataset.held_out_tokens.tolist())
+            result = TrainResult(
+                initial_loss=initial_loss,
+                final_loss=final_loss,
+                bits_per_byte=final_loss / math.log(2),
+                initial_bits_per_byte=initial_loss / math.log(2),
+                perplexity=math.exp(final_loss),
+                unigram_bits_per_byte=unigram_bits_per_byte(held_out_text),
+                corpus_unigram_bits_per_byte=unigram_bits_per_byte(corpus.data),
+                tokens_per_second=config.steps * tokens_per_step / training_seconds,
+                steps=config.steps,
+                seconds=time.perf_counter() - started,
+                parameters=model.parameter_count(),
+                corpus=corpus.name,
+                device="cpu",
+                amp=use_amp,
+                train_losses=train_losses,
+            )
+            Path(directory, _RESULT_FILE).write_text(json.dumps(result.to_json()))
+    finally:
+        dist.destroy_process_group()
 
 
 _CHECKPOINT_FORMAT = "lmloss-train-1"

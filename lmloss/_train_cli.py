@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import replace
@@ -97,6 +98,14 @@ def add_parser(subparsers: Any) -> None:
         help="steps between progress lines (default %(default)s)",
     )
     parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes to train on, data-parallel: DistributedDataParallel over gloo on the "
+        "CPU, each process taking its share of every batch's rows (default %(default)s: one "
+        "process, no torch.distributed); not with --checkpoint, --resume or --loss linear",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=DEFAULT_THREADS,
@@ -116,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from lmloss._data import file_corpus, python_docs_corpus
     from lmloss._linear import linear_cross_entropy
     from lmloss._model import GPTConfig
-    from lmloss._train import TrainConfig, train
+    from lmloss._train import TrainConfig, train, train_data_parallel
 
     torch.set_num_threads(args.threads)
     config = replace(
@@ -136,18 +145,31 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"corpus: {corpus.name}, {len(corpus.data):,} bytes; device {args.device}, "
             f"amp {use_amp}, loss {args.loss}"
+            + (f"; {args.nproc} processes, data-parallel" if args.nproc > 1 else ""),
+            flush=True,
         )
-        result = train(
-            config,
-            model_config,
-            corpus=corpus,
-            linear_criterion=linear_cross_entropy if args.loss == "linear" else None,
-            device=args.device,
-            use_amp=use_amp,
-            checkpoint=args.checkpoint,
-            resume=args.resume,
-            log=print,
-        )
+        if args.nproc > 1:
+            result = train_data_parallel(
+                config,
+                model_config,
+                nproc=args.nproc,
+                corpus=corpus,
+                use_amp=use_amp,
+                threads=args.threads,
+                log=functools.partial(print, flush=True),  # from rank 0's process
+            )
+        else:
+            result = train(
+                config,
+                model_config,
+                corpus=corpus,
+                linear_criterion=linear_cross_entropy if args.loss == "linear" else None,
+                device=args.device,
+                use_amp=use_amp,
+                checkpoint=args.checkpoint,
+                resume=args.resume,
+                log=print,
+            )
     except (FileNotFoundError, ValueError) as error:
         return _fail(str(error))
     except KeyboardInterrupt:
@@ -189,9 +211,27 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
 
         if not torch.cuda.is_available():
             return "--device cuda was asked for, but this PyTorch sees no CUDA device"
-    for name in ("steps", "batch_size", "micro_batches", "block_size", "log_interval", "threads"):
+    for name in (
+        "steps",
+        "batch_size",
+        "micro_batches",
+        "block_size",
+        "log_interval",
+        "threads",
+        "nproc",
+    ):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}"
+    if args.nproc > 1:
+        if args.device != "cpu":
+            return "--nproc runs data-parallel on gloo on the CPU: use --device cpu"
+        for name, given in (
+            ("--checkpoint", args.checkpoint),
+            ("--resume", args.resume),
+            ("--loss linear", args.loss == "linear"),
+        ):
+            if given:
+                return f"{name} is not supported with --nproc {args.nproc}"
     if not args.learning_rate > 0:
         return f"--learning-rate must be positive, got {args.learning_rate}"
     if args.resume and not args.checkpoint:

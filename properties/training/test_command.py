@@ -116,3 +116,41 @@ def test_train_command_with_loss_linear_trains_through_the_fused_loss(
     training_calls = 2
     assert len(calls) > training_calls, f"linear_cross_entropy was called {len(calls)} times"
     assert set(calls) == {(256, 128)}, f"called with weights of shapes {set(calls)}"
+
+
+def test_train_command_with_nproc_2_trains_data_parallel(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``--nproc 2``: two gloo processes train with DDP, rank 0 prints the progress lines and the
+    summary is written as in one process. A batch of 3 rows gives the ranks 2 and 1 rows. (The
+    gradients themselves are TRAIN-DDP's, properties/training/test_ddp.py.)"""
+    summary = tmp_path / "summary.json"
+    corpus = tmp_path / "essay.txt"
+    corpus.write_bytes(b"The cat sat on the mat. The dog sat on the log. " * 100)
+    arguments = ["--corpus", str(corpus), "--steps", "2", "--block-size", "8", "--batch-size", "3"]
+    arguments += ["--log-interval", "1", "--threads", "1", "--nproc", "2"]
+
+    assert lmloss_main(["train", *arguments, "--json", str(summary)]) == 0
+
+    out = capfd.readouterr().out
+    assert "2 processes, data-parallel" in out
+    assert out.count("step     1/2") == 1 and out.count("step     2/2") == 1, out
+    result = json.loads(summary.read_text())
+    assert result["steps"] == 2 and len(result["train_losses"]) == 2
+    assert all(math.isfinite(loss) for loss in result["train_losses"])
+    assert f"bits per byte {result['bits_per_byte']:.3f}" in out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--nproc", "0"], "--nproc must be at least 1"),
+        (["--nproc", "2", "--loss", "linear"], "--loss linear is not supported with --nproc 2"),
+        (["--nproc", "2", "--checkpoint", "c.pt"], "--checkpoint is not supported with --nproc"),
+    ],
+)
+def test_train_command_explains_what_nproc_does_not_take(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert lmloss_main(["train", *arguments]) == 2
+    assert message in capsys.readouterr().err
