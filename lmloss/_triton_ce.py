@@ -308,7 +308,7 @@ def _launch_forward(
     # Unused pointers (no weight, no gradient) point at the logits; their constexpr switches
     # keep the kernel from reading or writing them.
     grad_out = logits if grad is None else grad
-    with _quiet_arithmetic(interpreted):
+    with _on_device(logits.device, interpreted):
         forward[(_cdiv(rows, tile_rows),)](
             logits,
             logits.stride(0),
@@ -347,7 +347,7 @@ def _launch_scale_rows(grad: Tensor, upstream: Tensor) -> None:
     interpreted = _interpreted(grad.device)
     tile_rows, block, warps = _tile(rows, classes, interpreted=interpreted)
     scale_rows = _kernels(grad.device).scale_rows
-    with _quiet_arithmetic(interpreted):
+    with _on_device(grad.device, interpreted):
         scale_rows[(_cdiv(rows, tile_rows),)](
             grad,
             grad.stride(0),
@@ -362,11 +362,14 @@ def _launch_scale_rows(grad: Tensor, upstream: Tensor) -> None:
         )
 
 
-def _quiet_arithmetic(interpreted: bool) -> contextlib.AbstractContextManager[Any]:
-    """IEEE arithmetic without warnings under the interpreter, as on a GPU: an ignored row's
-    log 0 or a z-loss that overflows to inf is a value there, not an event (numpy warns, and
-    pytest's filterwarnings = error would turn that into an exception)."""
-    return numpy.errstate(all="ignore") if interpreted else contextlib.nullcontext()
+def _on_device(device: torch.device, interpreted: bool) -> contextlib.AbstractContextManager[Any]:
+    """Where a launch runs. A compiled kernel launches on the current CUDA device, so that is
+    made the tensors' device. Under the interpreter IEEE arithmetic raises no warnings, as on a
+    GPU: an ignored row's log 0, or a z-loss that overflows to inf, is a value there, not an
+    event (numpy warns, and pytest's filterwarnings = error would make that an exception)."""
+    if interpreted:
+        return numpy.errstate(all="ignore")
+    return torch.cuda.device(device)
 
 
 def _interpreted(device: torch.device) -> bool:

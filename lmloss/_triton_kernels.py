@@ -191,7 +191,8 @@ def scale_rows(
     ROWS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """grad[i, :] *= upstream[i · upstream_stride] in place, in float32 (stride 0: a scalar)."""
+    """grad[i, :] *= upstream[i · upstream_stride] in place, in float32 (stride 0: a scalar).
+    Exact zeros stay zero, whatever the upstream gradient (an ignored row's, as PyTorch's)."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     row_in_range = rows < n_rows
     upstream = tl.load(upstream_ptr + rows * upstream_stride, mask=row_in_range, other=0.0)
@@ -202,4 +203,5 @@ def scale_rows(
         mask = row_in_range[:, None] & (cols < n_cols)[None, :]
         pointers = grad_ptr + row_offset[:, None] + cols.to(tl.int64)[None, :] * grad_col_stride
         grad = tl.load(pointers, mask=mask, other=0.0).to(tl.float32)
-        tl.store(pointers, (grad * upstream[:, None]).to(grad_ptr.dtype.element_ty), mask=mask)
+        scaled = tl.where(grad == 0.0, grad, grad * upstream[:, None])
+        tl.store(pointers, scaled.to(grad_ptr.dtype.element_ty), mask=mask)

@@ -194,6 +194,21 @@ def test_an_upstream_gradient_of_one_returns_the_stored_gradient(
 
 
 @needs_triton
+def test_ignored_rows_stay_zero_under_a_nan_upstream_gradient() -> None:
+    """∂L/∂x_i· = 0 exactly for an ignored row, even where its upstream gradient is NaN or inf,
+    as PyTorch gives it; a counted row with a NaN upstream gradient is NaN.  [CE-GRAD-IGNORED] tol: exact"""
+    logits, target, keywords = draw(*SHAPE, torch.float32, OPTIONS["weight+smoothing"])
+    leaf = logits.clone().requires_grad_(True)
+    grad_output = torch.full((SHAPE[0],), float("nan"), device=DEVICE)
+    grad_output[1] = float("inf")
+    fused_cross_entropy(leaf, target, reduction="none", **keywords).backward(grad_output)
+    assert leaf.grad is not None
+    ignored = target == -100
+    assert bool((leaf.grad[ignored] == 0).all()), leaf.grad[ignored]
+    assert bool(leaf.grad[~ignored].isnan().any(dim=1)[grad_output[~ignored].isnan()].all())
+
+
+@needs_triton
 def test_mean_over_no_counted_row_is_nan_with_zero_gradient() -> None:
     """mean over no counted token = 0/0 = NaN, as PyTorch; every gradient entry is exactly 0.  [CE-EMPTY-MEAN] tol: exact"""
     logits, target, _ = draw(*SHAPE, torch.float32, {})
