@@ -113,7 +113,8 @@ def cross_entropy_forward(
                 block_weight = tl.sum(w, axis=0)
             else:
                 block_weight = tl.minimum(n_cols - start, BLOCK_C).to(tl.float32)
-            # Both terms are ≤ 0 (s_j ≤ m̂, m̂ only grows): a sum without cancellation.
+            # Every term is ≤ 0 (s_j ≤ m̂, and m̂ grows): a sum without cancellation. (m̂ falls
+            # only from the 0 of an all −inf start, whose A is already −inf or empty.)
             shifted_sum = (
                 shifted_sum - weight_seen * (new_base - old_base) + tl.sum(shifted, axis=1)
             )
