@@ -13,11 +13,13 @@ from lmloss._model import GPT, GPTConfig
 from lmloss._train import (
     TrainConfig,
     TrainResult,
+    data_parallel_forward_backward,
     evaluate,
     forward_backward,
     load_checkpoint,
     save_checkpoint,
     train,
+    train_data_parallel,
 )
 from lmloss._triton_ce import triton_cross_entropy
 from properties.engine.kernel import KernelSpec
@@ -36,6 +38,7 @@ __all__: list[str] = [
     "VOCAB_PARALLEL_SPEC",
     "cross_entropy",
     "data_parallel_cross_entropy",
+    "data_parallel_forward_backward",
     "evaluate",
     "file_corpus",
     "forward_backward",
@@ -47,6 +50,7 @@ __all__: list[str] = [
     "save_checkpoint",
     "sequence_logprob",
     "train",
+    "train_data_parallel",
     "triton_cross_entropy",
     "vocab_parallel_cross_entropy",
 ]

@@ -25,8 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from lmloss import GPT, GPTConfig, cross_entropy, forward_backward
-from lmloss._train import data_parallel_forward_backward
+from lmloss import GPT, GPTConfig, cross_entropy, data_parallel_forward_backward, forward_backward
 from properties.engine.checks import assert_within
 from properties.tolerances import reordered_float64_bound, reordered_float64_loss_bound
 from reference import DEFAULT_IGNORE_INDEX
