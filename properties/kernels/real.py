@@ -442,3 +442,116 @@ cut_cross_entropy_torch_compile = KernelSpec(
     contract="linear",
     options={"softcap": "softcap"},
 )
+
+
+# --- Contract 4: Megatron-core's vocab-parallel cross-entropy -----------------------------------
+# megatron.core.tensor_parallel.vocab_parallel_cross_entropy (pip install megatron-core; measured
+# with 0.16.1) runs on the CPU over gloo once megatron.core.parallel_state has been initialised
+# with a tensor-parallel size of P: nothing in it needs CUDA. It finds its group in that global
+# state (KernelSpec.process_group=None, the state set up by ``setup``) and derives each rank's
+# slice from its rank, [r·V/P, (r + 1)·V/P): equal slices only (shards="even"). It takes logits
+# [s, b, V/P] and targets [s, b] and returns the per-token losses [s, b] in float32; it has no
+# ignore_index. The wrappers below do what Megatron-LM's training loop does around it: a loss
+# mask over the ignored targets (their loss, lse − 0, is computed, then multiplied out, which
+# also zeroes their gradient), a mean over the counted tokens or a sum, and the result rounded to
+# the logits' dtype as the contract's kernels return it. Two of its own conventions stay:
+# - it writes into its float32 logits (it subtracts the row max in place, then exponentiates in
+#   place, and keeps that tensor as the softmax for its backward pass): writes_input;
+# - its label smoothing is NeMo's, α·K/(K − 1) spread over the K − 1 other classes, not
+#   torch's ε/C over all C, and K and the mean log-probability are the rank's own slice's, not
+#   the whole vocabulary's, so the loss differs between ranks (NVIDIA/Megatron-LM#737, #7464,
+#   open); with a slice of one column it divides by K − 1 = 0 and raises ZeroDivisionError.
+#   ``megatron_vocab_parallel_cross_entropy`` passes label_smoothing through and is checked as
+#   shipped; ``..._unsmoothed`` leaves it out, so the rest can be checked.
+# Measured (`lmloss check --world-size 2 properties.kernels.real:megatron_vocab_parallel_cross_
+# entropy[_unsmoothed]`, quick profile, megatron-core 0.16.1, torch 2.13.0 CPU): as shipped, 2
+# hold, 8 fail (DIST-VALUE, DIST-SMOOTHING, DIST-GRAD, DIST-SAME-LOSS in float32 and bfloat16,
+# every failure an example with label smoothing), 2 not applicable; without label smoothing it
+# conforms (8 hold, 4 not applicable).
+
+
+def _megatron_setup(rank: int, world_size: int) -> None:
+    """Megatron-core's parallel state with the whole group as one tensor-parallel group."""
+    _import_megatron()
+    from megatron.core import parallel_state
+
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=world_size)
+
+
+def _import_megatron() -> None:
+    """Import megatron.core without its warnings that Transformer Engine and Apex, optional
+    GPU extensions, are missing (it falls back to plain torch, which is what runs here)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+        importlib.import_module("megatron.core.tensor_parallel")
+
+
+def _megatron_vocab_parallel_cross_entropy(
+    local_logits: Tensor,
+    target: Tensor,
+    *,
+    vocab_start: int,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Megatron-core's vocab_parallel_cross_entropy with a loss mask and a reduction."""
+    _import_megatron()
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    width = local_logits.shape[1]
+    megatron_start = parallel_state.get_tensor_model_parallel_rank() * width
+    if vocab_start != megatron_start:
+        raise ValueError(
+            f"Megatron-core takes rank r's slice to start at r·C_r = {megatron_start}, "
+            f"not at vocab_start = {vocab_start}: it needs equal slices"
+        )
+    losses = vocab_parallel_cross_entropy(local_logits[None], target[None], label_smoothing)[0]
+    counted = target != ignore_index
+    losses = losses.masked_fill(~counted, 0.0)  # Megatron-LM's loss mask
+    if reduction == "none":
+        return losses.to(local_logits.dtype)
+    total = losses.sum()
+    if reduction == "mean":
+        total = total / counted.sum()
+    return total.to(local_logits.dtype)
+
+
+def _megatron_without_label_smoothing(
+    local_logits: Tensor,
+    target: Tensor,
+    *,
+    vocab_start: int,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+) -> Tensor:
+    return _megatron_vocab_parallel_cross_entropy(
+        local_logits,
+        target,
+        vocab_start=vocab_start,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
+
+
+megatron_vocab_parallel_cross_entropy = KernelSpec(
+    fn=_megatron_vocab_parallel_cross_entropy,
+    name="megatron.core.tensor_parallel.vocab_parallel_cross_entropy",
+    contract="vocab_parallel",
+    process_group=None,
+    setup=_megatron_setup,
+    shards="even",
+    writes_input=True,
+)
+megatron_vocab_parallel_cross_entropy_unsmoothed = KernelSpec(
+    fn=_megatron_without_label_smoothing,
+    name="megatron.core.tensor_parallel.vocab_parallel_cross_entropy (without label_smoothing)",
+    contract="vocab_parallel",
+    process_group=None,
+    setup=_megatron_setup,
+    shards="even",
+    writes_input=True,
+)
