@@ -94,7 +94,7 @@ def _vocab_parallel(
     """The vocab-parallel loss of the module docstring, with ``bug`` (or none)."""
     x = local_logits.double()  # (N, C_r)
     width = x.shape[1]
-    classes = int(_max_over_ranks(torch.tensor(vocab_start + width), group))
+    classes = int(_max_over_ranks(torch.tensor(vocab_start + width, device=x.device), group))
     counted = target != ignore_index
     local_target = target - vocab_start
     here = counted & (local_target >= 0) & (local_target < width)

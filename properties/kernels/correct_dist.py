@@ -90,7 +90,7 @@ def gathered_data_parallel_cross_entropy(
 def _gather(tensor: Tensor, *, dim: int, group: Any) -> list[Tensor]:
     """Every rank's ``tensor``, in rank order; their sizes along ``dim`` may differ (all_gather
     needs equal shapes, so each is padded to the largest and cut back)."""
-    size = torch.tensor([tensor.shape[dim]])
+    size = torch.tensor([tensor.shape[dim]], device=tensor.device)  # NCCL sends device tensors
     sizes = [torch.empty_like(size) for _ in range(dist.get_world_size(group))]
     dist.all_gather(sizes, size, group=group)
     largest = max(int(s) for s in sizes)
