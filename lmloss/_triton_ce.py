@@ -23,8 +23,9 @@ tile of rows for small C) and walks their columns in blocks, in float32 whatever
 2. pass 2, only when the logits require grad: the row again, p_j = exp(s_j − m)/S and the
    gradient above, scaled by 1/Σ w_y for a mean, written in the logits' dtype.
 
-The per-row float32 losses are reduced by torch (a float32 sum; the mean's Σ w_y is computed
-before the launch, so that pass 2 can scale by it), and rounded once to the logits' dtype, as
+The per-row float32 losses are reduced by torch (a float64 sum: z-losses near float32's largest
+value may add up past it where their mean does not; the mean's Σ w_y is computed before the
+launch, so that pass 2 can scale by it), and rounded once to the logits' dtype, as
 ``F.cross_entropy`` returns them (float32 under ``torch.autocast``, as :func:`lmloss.cross_entropy`).
 The gradient is kept from the forward pass to the backward pass. Backward with an upstream
 gradient of exactly 1 (a mean or sum followed by ``.backward()``) returns it as it is; any other
@@ -265,10 +266,12 @@ class _FusedCrossEntropy(torch.autograd.Function):
             )
         if reduction == "none":
             result = losses
-        elif reduction == "sum":
-            result = losses.sum()
         else:
-            result = losses.sum() / total_weight  # 0/0 = NaN when no row counts, as PyTorch
+            # Summed in float64: rows of z·lse² near float32's largest value add up past it
+            # where their mean does not (N values: no cost worth keeping float32 for).
+            result = losses.sum(dtype=torch.float64)
+            if reduction == "mean":
+                result = result / total_weight  # 0/0 = NaN when no row counts, as PyTorch
         ctx.gradient = grad
         ctx.reduction = reduction
         return result.to(result_dtype)

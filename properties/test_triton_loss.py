@@ -209,6 +209,27 @@ def test_ignored_rows_stay_zero_under_a_nan_upstream_gradient() -> None:
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_a_mean_of_z_losses_near_the_largest_float_is_finite(dtype_name: str) -> None:
+    """mean_i z·lse_i² stays finite where it is representable, though the sum of the rows'
+    z-losses is not: 255 rows of one class, logits up to 1.2·10^21, z = 10^-4 (the quick
+    profile's counterexample; a float32 sum of the rows overflowed).  [CE-Z-LOSS] tol: loss"""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(255, 1, generator=generator, dtype=torch.float64).clamp(-8.0, 8.0)
+    logits = (logits * 1.4757395258967641e20).to(DTYPES[dtype_name])
+    target = torch.zeros(255, dtype=torch.long)
+    loss = fused_cross_entropy(logits.to(DEVICE), target.to(DEVICE), z_loss=1e-4)
+    problem = Problem.of(logits, target, z_loss=1e-4)
+    assert_within(
+        "loss",
+        loss.cpu(),
+        oracle_loss(problem),
+        loss_bound(problem),
+        f"z-loss mean of (255, 1) {dtype_name} logits up to 1.2e21",
+    )
+
+
+@needs_triton
 def test_mean_over_no_counted_row_is_nan_with_zero_gradient() -> None:
     """mean over no counted token = 0/0 = NaN, as PyTorch; every gradient entry is exactly 0.  [CE-EMPTY-MEAN] tol: exact"""
     logits, target, _ = draw(*SHAPE, torch.float32, {})
