@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU check a person with one GPU needs, results and a summary in one folder: the
 # gpu-marked tests, then `lmloss check --device cuda -j N` on this project's loss, PyTorch's,
-# torch.compile's and Liger's (when installed), in about eight minutes; then the loss kernels'
+# torch.compile's, lmloss's Triton kernel (when triton imports) and Liger's (when installed);
+# then the loss kernels'
 # speed benchmarks (benchmarks/run_gpu.sh), whose JSON and plot land in OUT/benchmarks/ (copy the
 # JSON to benchmarks/results/ to keep it). Installs nothing.
 #
 #   bash benchmarks/gpu_check.sh [OUT]            # OUT: default gpu-check-<date>
+#   STEP_SECONDS=50 BENCH_SECONDS=150 bash benchmarks/gpu_check.sh OUT   # at most 8 steps: ~9 minutes
 #
 # Each step has a time limit (STEP_SECONDS; BENCH_SECONDS for the benchmarks) so the whole stays
 # bounded; a check stopped by its limit keeps what it found in its JSON ("complete": false).
@@ -27,6 +29,9 @@ bench="${BENCH:-1}"
 bench_seconds="${BENCH_SECONDS:-600}"
 bench_select="${BENCH_SELECT:-}"
 default_kernels="lmloss:cross_entropy torch.nn.functional:cross_entropy properties.kernels.real:compiled_cross_entropy"
+if python -c "import triton" 2>/dev/null; then
+    default_kernels="$default_kernels lmloss:triton_cross_entropy"
+fi
 if python -c "import liger_kernel" 2>/dev/null; then
     default_kernels="$default_kernels properties.kernels.real:liger_cross_entropy"
 fi
