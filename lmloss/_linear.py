@@ -156,12 +156,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 counted = y != ignore_index
                 losses[chunk], target_weight[chunk] = loss.forward(input[chunk], y, counted)
         total = target_weight.sum()
+        # The rows' losses are added in float64: in float32, rows of z·lse² near the top of its
+        # range sum to inf where their mean (and often their sum) is representable.
         if reduction == "none":
             result = losses
         elif reduction == "sum":
-            result = losses.sum()
+            result = losses.sum(dtype=torch.float64).to(dtype)
         else:
-            result = losses.sum() / total  # 0/0 = NaN when no row counts, as PyTorch
+            # 0/0 = NaN when no row counts, as PyTorch
+            result = (losses.sum(dtype=torch.float64) / total.double()).to(dtype)
         ctx.save_for_backward(input, linear_weight, linear_bias, target, weight, total)
         ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_rows)
         return result if autocast else result.to(input.dtype)

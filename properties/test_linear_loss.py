@@ -564,3 +564,23 @@ def test_linear_spec_declares_contract_three_with_both_options() -> None:
     assert kernel.contract.name == "linear"
     assert kernel.accepts == frozenset(kernel.contract.keywords) | {"z_loss", "softcap"}
     assert "linear_cross_entropy" in lmloss.__all__ and "LINEAR_SPEC" in lmloss.__all__
+
+
+def test_a_mean_of_huge_z_losses_is_finite_where_the_exact_mean_is() -> None:
+    """300 rows of z·lse² ≈ 8.5e37 each: their float32 sum overflows (2.6e40), their mean does
+    not. The rows are added in float64, so the mean is the oracle's within contract 2's loss
+    bound on these logits (x·Wᵀ = 2^63 and 0, exact in float32), and the sum is inf, as the
+    exact sum rounds to in float32."""
+    import reference
+    from properties.ce.problem import Problem
+    from properties.tolerances import loss_bound
+
+    x = torch.full((300, 1), 2.0**32)
+    w = torch.tensor([[2.0**31], [0.0]])
+    y = torch.zeros(300, dtype=torch.long)
+    mean = linear_cross_entropy(x, w, y, z_loss=1.0)
+    exact = float(reference.linear_cross_entropy(x.tolist(), w.tolist(), y.tolist(), z_loss=1.0))
+    logits = (x.double() @ w.double().T).float()
+    bound = float(loss_bound(Problem.of(logits, y, z_loss=1.0)))
+    assert abs(float(mean) - exact) <= bound, (float(mean), exact, bound)
+    assert float(linear_cross_entropy(x, w, y, z_loss=1.0, reduction="sum")) == float("inf")
