@@ -116,7 +116,10 @@ def test_a_clause_id_must_open_with_a_known_contract_prefix() -> None:
     def stated_for_no_contract(trial: Trial) -> None:
         """L = L.  [NOPE-THING] tol: loss"""
 
-    with pytest.raises(ValueError, match="no contract has the prefix 'NOPE'"):
+    with pytest.raises(
+        ValueError,
+        match=r"clause NOPE-THING: no contract's prefix opens it; known: CE- \(cross_entropy\)",
+    ):
         clause()(stated_for_no_contract)
 
 
