@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ def test_the_gpu_script_writes_reports_and_a_summary(tmp_path: Path) -> None:
     run = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", str(tmp_path / "out")],
         cwd=REPOSITORY,
-        env={**os.environ, **settings},
+        # Without this test's pytest-xdist variables: pytest-benchmark, seeing them, would take
+        # the script's benchmark run for an xdist worker and refuse to time anything.
+        env={**_without_pytest_variables(os.environ), **settings},
         capture_output=True,
         text=True,
         timeout=600,
@@ -55,3 +58,7 @@ def test_the_gpu_script_writes_reports_and_a_summary(tmp_path: Path) -> None:
         assert info["loss_error_ratio"] <= 1
     if importlib.util.find_spec("matplotlib") is not None:
         assert kept.with_suffix(".png").exists()
+
+
+def _without_pytest_variables(environment: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in environment.items() if not name.startswith("PYTEST_")}
