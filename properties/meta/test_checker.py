@@ -1,10 +1,13 @@
 """The checker has teeth: `lmloss check` fails every broken kernel and passes correct ones.
 
-Every test runs ``python -m lmloss check`` in a subprocess, as a user would. Broken kernels run
-under the ci profile (derandomized), float32, and only the clauses their docstring names
-(``Caught by: CE-…``), which keeps each run to seconds; each of those clauses must fail. The
-chunked reimplementation in kernels/correct.py runs every clause in float32 and bfloat16; the
-two default kernels (no SPEC) run one clause, CE-SUM, which shows that no SPEC checks both.
+Broken kernels run under the ci profile (derandomized), float32, and only the clauses their
+docstring names (``Caught by: CE-…``); each of those clauses must fail. They run in this
+process, through the engine call that every `lmloss check` job makes (``run_clause`` on the
+kernel loaded from its SPEC): a subprocess per kernel would spend most of its time starting
+Python and importing torch, once for itself and once per worker. The command itself runs in a
+subprocess, as a user would run it, in the other tests: on a broken kernel with ``-x``, on the
+chunked reimplementation in kernels/correct.py (every clause in float32 and bfloat16), and with
+no SPEC (one clause, CE-SUM, which shows that no SPEC checks both default kernels).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from properties.engine.kernel import KernelSpec  # noqa: E402
+from properties.engine.runner import ClauseResult  # noqa: E402
 from properties.kernels import broken  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -82,20 +86,41 @@ def test_every_broken_kernel_names_a_clause_that_exists() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
-def test_check_fails_a_broken_kernel_on_its_clause(name: str, tmp_path: Path) -> None:
-    report = tmp_path / "report.json"
-    spec = f"properties.kernels.broken:{name}"
-    result = lmloss_check(spec, *clause_options(name), "--json", str(report))
-    assert result.returncode == 1, result.stdout + result.stderr
-    (kernel,) = report_of(report)["kernels"]
+def test_check_fails_a_broken_kernel_on_its_clause(name: str) -> None:
     # Each clause the kernel names fails (not "error": the check itself must not crash), and
     # none of them is excused as not applicable: a docstring that names a clause which does
     # not catch the bug fails here, even when another named clause does.
-    verdicts = sorted((r["clause"], r["dtype"], r["status"]) for r in kernel["results"])
-    named = sorted((clause, "float32", "fails") for clause in BROKEN[name])
-    assert verdicts == named, result.stdout
-    failed = [r for r in kernel["results"] if r["status"] == "fails"]
-    assert all(r["violation"]["reproducer"] for r in failed), "a failure needs a reproducer"
+    results = run_named_clauses(f"properties.kernels.broken:{name}", BROKEN[name], "float32")
+    verdicts = {(r.clause.id, r.dtype): r.status for r in results}
+    assert verdicts == {(clause, "float32"): "fails" for clause in BROKEN[name]}, verdicts
+    assert all(r.violation and r.violation.reproducer for r in results), (
+        "a failure needs a reproducer"
+    )
+
+
+def run_named_clauses(spec: str, clauses: tuple[str, ...], dtype: str) -> list[ClauseResult]:
+    """What `lmloss check SPEC --profile ci --dtype DTYPE --clause ...` runs, in this process:
+    the first failure shrunk with the profile's budget, later ones briefly, as the command does."""
+    from properties.catalogue import BY_ID
+    from properties.engine.check import load_kernel
+    from properties.engine.defaults import shrinking_seconds
+    from properties.engine.runner import run_clause
+
+    kernel = load_kernel(spec)
+    results: list[ClauseResult] = []
+    for clause in clauses:
+        failed_before = any(result.status == "fails" for result in results)
+        results.append(
+            run_clause(
+                BY_ID[clause],
+                kernel,
+                dtype=dtype,
+                device="cpu",
+                profile="ci",
+                shrinking_seconds=shrinking_seconds("ci", failed_before=failed_before),
+            )
+        )
+    return results
 
 
 def test_exitfirst_stops_at_the_first_failure(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """The checker has teeth for contract 3: `lmloss check` fails every broken fused projection +
 loss kernel on the clause its docstring names, and passes correct ones.
 
-As properties/meta/test_checker.py does for contract 2: ``python -m lmloss check`` in a
-subprocess, the ci profile (derandomized), only the clauses a broken kernel's docstring names
-(``Caught by: LCE-… (dtype)``, float32 unless a dtype is named), each of which must fail.
+As properties/meta/test_checker.py does for contract 2: the broken kernels run in this process
+through the engine call every `lmloss check` job makes, the ci profile (derandomized), only the
+clauses a broken kernel's docstring names (``Caught by: LCE-… (dtype)``, float32 unless a dtype
+is named), each of which must fail; the correct kernels run ``python -m lmloss check`` in a
+subprocess, every clause.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from properties.engine.check import load_kernel  # noqa: E402
 from properties.engine.kernel import KernelSpec  # noqa: E402
 from properties.kernels import broken_linear  # noqa: E402
-from properties.meta.test_checker import lmloss_check, report_of  # noqa: E402
+from properties.meta.test_checker import lmloss_check, report_of, run_named_clauses  # noqa: E402
 
 #: ``Caught by: LCE-GRAD (bfloat16), LCE-VALUE``: clause IDs, each with an optional dtype.
 _CAUGHT_BY = re.compile(r"Caught by: ((?:LCE-[A-Z0-9-]+(?: \(\w+\))?(?:, )?)+)")
@@ -54,24 +57,20 @@ def test_every_bug_class_of_the_issue_has_a_broken_kernel() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
-def test_check_fails_a_broken_linear_kernel_on_its_clause(name: str, tmp_path: Path) -> None:
-    report = tmp_path / "report.json"
-    options = ["--profile", "ci"]
-    for clause in dict.fromkeys(clause for clause, _ in BROKEN[name]):
-        options += ["--clause", clause]
+def test_check_fails_a_broken_linear_kernel_on_its_clause(name: str) -> None:
+    spec = f"properties.kernels.broken_linear:{name}"
+    assert load_kernel(spec).contract.name == "linear"
+    verdicts = {}
     for dtype in dict.fromkeys(dtype for _, dtype in BROKEN[name]):
-        options += ["--dtype", dtype]
-    result = lmloss_check(
-        f"properties.kernels.broken_linear:{name}", *options, "--json", str(report)
-    )
-    assert result.returncode == 1, result.stdout + result.stderr
-    (kernel,) = report_of(report)["kernels"]
-    assert kernel["contract"] == "linear", kernel
-    verdicts = {(r["clause"], r["dtype"]): r["status"] for r in kernel["results"]}
+        clauses = tuple(dict.fromkeys(clause for clause, _ in BROKEN[name]))
+        for result in run_named_clauses(spec, clauses, dtype):
+            verdicts[(result.clause.id, dtype)] = result
+            if result.status == "fails":
+                assert result.violation and result.violation.reproducer, (
+                    "a failure needs a reproducer"
+                )
     for pair in BROKEN[name]:
-        assert verdicts.get(pair) == "fails", (pair, result.stdout)
-    failed = [r for r in kernel["results"] if r["status"] == "fails"]
-    assert all(r["violation"]["reproducer"] for r in failed), "a failure needs a reproducer"
+        assert verdicts[pair].status == "fails", (pair, verdicts[pair])
 
 
 @pytest.mark.parametrize(
