@@ -124,85 +124,93 @@ def _vocab_parallel(
     return _reduce(losses, counted, reduction).to(local_logits.dtype)
 
 
-def local_max_summed_across_ranks(
-    local_logits: Tensor,
-    target: Tensor,
-    *,
-    vocab_start: int,
-    group: Any = None,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-) -> Tensor:
+def _vocab_kernel(name: str, bug: str, doc: str) -> Any:
+    """A vocab-parallel kernel of contract 4's keywords computing :func:`_vocab_parallel` with
+    ``bug``: a plain function of this module named ``name``, documented by ``doc``."""
+
+    def kernel(
+        local_logits: Tensor,
+        target: Tensor,
+        *,
+        vocab_start: int,
+        group: Any = None,
+        ignore_index: int = DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> Tensor:
+        return _vocab_parallel(
+            local_logits,
+            target,
+            vocab_start=vocab_start,
+            group=group,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            bug=bug,
+        )
+
+    kernel.__name__ = kernel.__qualname__ = name
+    kernel.__doc__ = doc
+    return kernel
+
+
+def _data_kernel(name: str, bug: str, doc: str) -> Any:
+    """A data-parallel kernel of contract 4's keywords computing :func:`_data_parallel` with
+    ``bug``, named and documented as :func:`_vocab_kernel`'s."""
+
+    def kernel(
+        local_logits: Tensor,
+        local_target: Tensor,
+        *,
+        group: Any = None,
+        ignore_index: int = DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+    ) -> Tensor:
+        return _data_parallel(
+            local_logits,
+            local_target,
+            group=group,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            bug=bug,
+        )
+
+    kernel.__name__ = kernel.__qualname__ = name
+    kernel.__doc__ = doc
+    return kernel
+
+
+local_max_summed_across_ranks = _vocab_kernel(
+    "local_max_summed_across_ranks",
+    "local max",
     """Each rank shifts its exponentials by its own max, and the shifted sums are added across
     ranks without rescaling: Σ_r Σ_j exp(x_j − m_r) is no multiple of Σ_j exp(x_j − m).
 
     Caught by: DIST-VALUE (float32)
-    """
-    return _vocab_parallel(
-        local_logits,
-        target,
-        vocab_start=vocab_start,
-        group=group,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        bug="local max",
-    )
+    """,
+)
 
 
-def target_outside_the_shard_not_masked(
-    local_logits: Tensor,
-    target: Tensor,
-    *,
-    vocab_start: int,
-    group: Any = None,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-) -> Tensor:
+target_outside_the_shard_not_masked = _vocab_kernel(
+    "target_outside_the_shard_not_masked",
+    "unmasked target",
     """The target logit is picked on every rank, the target index clamped into the local slice
     rather than masked where the slice does not hold it.
 
     Caught by: DIST-VALUE (float32)
-    """
-    return _vocab_parallel(
-        local_logits,
-        target,
-        vocab_start=vocab_start,
-        group=group,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        bug="unmasked target",
-    )
+    """,
+)
 
 
-def label_smoothing_over_the_local_vocabulary(
-    local_logits: Tensor,
-    target: Tensor,
-    *,
-    vocab_start: int,
-    group: Any = None,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-) -> Tensor:
+label_smoothing_over_the_local_vocabulary = _vocab_kernel(
+    "label_smoothing_over_the_local_vocabulary",
+    "local smoothing",
     """Label smoothing spreads ε over the rank's C_r classes, from its own slice's log-probs
     (Megatron-core's vocab_parallel_cross_entropy does this: NVIDIA/Megatron-LM#737).
 
     Caught by: DIST-SMOOTHING (float32)
-    """
-    return _vocab_parallel(
-        local_logits,
-        target,
-        vocab_start=vocab_start,
-        group=group,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        bug="local smoothing",
-    )
+    """,
+)
 
 
 # --- Data-parallel ----------------------------------------------------------------------------
@@ -242,72 +250,36 @@ def _data_parallel(
     return loss.to(local_logits.dtype)
 
 
-def mean_of_per_rank_means(
-    local_logits: Tensor,
-    local_target: Tensor,
-    *,
-    group: Any = None,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    reduction: str = "mean",
-) -> Tensor:
+mean_of_per_rank_means = _data_kernel(
+    "mean_of_per_rank_means",
+    "mean of means",
     """The global mean taken as the mean of the ranks' means: ranks counting different numbers
     of tokens are weighted alike (the data-parallel twin of the gradient-accumulation bug).
 
     Caught by: DIST-DP-MEAN (float32)
-    """
-    return _data_parallel(
-        local_logits,
-        local_target,
-        group=group,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        bug="mean of means",
-    )
+    """,
+)
 
 
-def count_not_all_reduced(
-    local_logits: Tensor,
-    local_target: Tensor,
-    *,
-    group: Any = None,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    reduction: str = "mean",
-) -> Tensor:
+count_not_all_reduced = _data_kernel(
+    "count_not_all_reduced",
+    "local count",
     """The global sum of losses divided by this rank's count of counted tokens.
 
     Caught by: DIST-DP-MEAN (float32)
-    """
-    return _data_parallel(
-        local_logits,
-        local_target,
-        group=group,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        bug="local count",
-    )
+    """,
+)
 
 
-def gradient_scaled_by_world_size(
-    local_logits: Tensor,
-    local_target: Tensor,
-    *,
-    group: Any = None,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
-    reduction: str = "mean",
-) -> Tensor:
+gradient_scaled_by_world_size = _data_kernel(
+    "gradient_scaled_by_world_size",
+    "gradient times P",
     """The value is right, the gradient P times too large: the loss is all-reduced with
     torch.distributed.nn.functional.all_reduce, whose backward all-reduces the gradient too.
 
     Caught by: DIST-DP-GRAD (float32)
-    """
-    return _data_parallel(
-        local_logits,
-        local_target,
-        group=group,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        bug="gradient times P",
-    )
+    """,
+)
 
 
 def _vocab_parallel_spec(fn: Any) -> KernelSpec:
