@@ -50,8 +50,9 @@ def chunked_kernel_never_holds_the_logits(trial: Trial) -> None:
     batch = draw_linear_batch(trial, options=EVERY_OPTION, shapes=MEMORY_SHAPES)
     rows, classes = batch.rows, batch.linear_weight.value.shape[0]
     budget = linear_memory_budget(rows, classes, trial.dtype)
-    x = batch.input.value.to(trial.device).requires_grad_(True)
-    w = batch.linear_weight.value.to(trial.device).requires_grad_(True)
+    # detach(): a new tensor on the same storage, so the drawn one is left as it was drawn.
+    x = batch.input.value.detach().to(trial.device).requires_grad_(True)
+    w = batch.linear_weight.value.detach().to(trial.device).requires_grad_(True)
     y = batch.target.value.to(trial.device)
     keywords = {
         key: value.to(trial.device) if isinstance(value, torch.Tensor) else value
