@@ -167,13 +167,16 @@ def _compute_dtype(logits: Tensor) -> torch.dtype:
 
 
 def _reduce(losses: Tensor, target_weight: Tensor, reduction: str) -> Tensor:
+    """The rows' losses reduced, in the losses' dtype. They are added in float64: in float32,
+    rows of z·lse² near the top of its range sum to inf where their mean is representable."""
     if reduction == "none":
         return losses
     if reduction == "sum":
-        return losses.sum()
+        return losses.sum(dtype=torch.float64).to(losses.dtype)
     if reduction == "mean":
         # Σ w_y over counted rows; 0/0 = NaN for a mean over no counted row, as PyTorch gives.
-        return losses.sum() / target_weight.sum()
+        mean = losses.sum(dtype=torch.float64) / target_weight.sum(dtype=torch.float64)
+        return mean.to(losses.dtype)
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
 
 
