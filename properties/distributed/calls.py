@@ -52,6 +52,16 @@ class Outcome:
         return gradient
 
 
+def draw_split(trial: Trial, examples: Callable[..., Any], **options: object) -> Split:
+    """A whole batch for the trial's kernel, split over the trial's ranks by ``examples``
+    (``vocab_parallel_examples`` or ``data_parallel_examples``; ``options`` go to it)."""
+    strategy = examples(
+        dtype=trial.dtype, kernel=trial.kernel, world_size=trial.world_size or 2, **options
+    )
+    split: Split = trial.data.draw(strategy, label="split example")
+    return split
+
+
 def draw_upstream(trial: Trial, split: Split) -> Drawn:
     """The gradient flowing into the loss: a scalar for mean and sum, one value per row for
     reduction="none" (non-uniform, of either sign, or 1)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from properties.distributed import calls
 from properties.distributed.batches import Split, data_parallel_examples
 from properties.distributed.calls import (
     draw_upstream,
@@ -25,14 +26,7 @@ from properties.engine.kernel import KernelUnderTest
 
 def draw_split(trial: Trial, **options: object) -> Split:
     """A whole batch for the trial's kernel and its rows split over the trial's ranks."""
-    strategy = data_parallel_examples(
-        dtype=trial.dtype,
-        kernel=trial.kernel,
-        world_size=trial.world_size or 2,
-        **options,  # type: ignore[arg-type]
-    )
-    split: Split = trial.data.draw(strategy, label="split example")
-    return split
+    return calls.draw_split(trial, data_parallel_examples, **options)
 
 
 #: Often most of the targets ignored: a rank then counts no token, and a mean of per-rank means

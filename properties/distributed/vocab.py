@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
+from properties.distributed import calls
 from properties.distributed.batches import Split, vocab_parallel_examples
 from properties.distributed.calls import (
     context,
@@ -35,14 +36,7 @@ from properties.engine.kernel import KernelUnderTest
 
 def draw_split(trial: Trial, **options: object) -> Split:
     """A whole batch for the trial's kernel and its vocabulary split over the trial's ranks."""
-    strategy = vocab_parallel_examples(
-        dtype=trial.dtype,
-        kernel=trial.kernel,
-        world_size=trial.world_size or 2,
-        **options,  # type: ignore[arg-type]
-    )
-    split: Split = trial.data.draw(strategy, label="split example")
-    return split
+    return calls.draw_split(trial, vocab_parallel_examples, **options)
 
 
 @clause()
