@@ -7,6 +7,8 @@ correctly rounded float64 of the exact value of the function at the given float 
 that ``float()`` of it is that float64 (mpmath's own float() would round subnormals twice;
 these need no rounding). The exception is sequence_prob, rounded to 53 bits with an unbounded
 exponent so that a probability of 2^-10000 is returned as exactly that. Zero carries no sign.
+cross_entropy and cross_entropy_grad take ``as_float=True`` to return those float64 values as
+Python floats, without building an mpf for each (the property suite asks for millions).
 """
 
 from reference._cross_entropy import cross_entropy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +36,9 @@ class Batch:
     classes: int
     options: Options
 
-    @property
+    @functools.cached_property
     def counted(self) -> list[int]:
+        """The rows whose target counts (computed once: a tall batch asks many times)."""
         return [i for i, t in enumerate(self.targets) if t != self.options.ignore_index]
 
     def weight_of(self, j: int) -> float:
@@ -60,7 +63,12 @@ def prepare(
     ts = _validate.targets(targets, len(rows), classes, options.ignore_index)
     batch = Batch(rows, ts, classes, options)
     for i in batch.counted:
-        if options.softcap is None and all(v == -math.inf for v in rows[i]):
+        # The membership test runs at C speed; only a row holding a −inf is looked at further.
+        if (
+            options.softcap is None
+            and -math.inf in rows[i]
+            and all(v == -math.inf for v in rows[i])
+        ):
             raise ValueError(
                 f"logits[{i}]: every logit is -inf in a counted row, so its softmax is undefined"
             )
@@ -88,10 +96,16 @@ def options_of(
 
 
 def counted_weight(batch: Batch) -> MPF:
-    """Σ_i w_{y_i} over counted rows, exactly."""
+    """Σ_i w_{y_i} over counted rows, exactly: Σ_c n_c·w_c over the classes c that are targets,
+    n_c of them (a sum over the classes, not the rows: a tall batch has few classes)."""
+    targets = batch.targets
+    per_class = collections.Counter(targets[i] for i in batch.counted)
+    if batch.options.weight is None:
+        return libmp.from_int(sum(per_class.values()))
     total = fzero
-    for i in batch.counted:
-        total = libmp.mpf_add(total, libmp.from_float(batch.weight_of(batch.targets[i])))
+    for c, n in per_class.items():
+        term = libmp.mpf_mul(libmp.from_int(n), libmp.from_float(batch.weight_of(c)))  # exact
+        total = libmp.mpf_add(total, term)  # exact: no precision given
     return total
 
 

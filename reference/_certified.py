@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import mpmath
 from mpmath import libmp
@@ -18,7 +19,8 @@ def certified(
     what: str,
     unbounded: bool = False,
     settled: Mapping[int, float | None] | None = None,
-) -> list[mpmath.mpf]:
+    as_float: bool = False,
+) -> list[mpmath.mpf] | list[float]:
     """Correctly rounded values of ``count`` results.
 
     ``evaluate(bits, pending)`` returns an enclosure of each pending result at a working
@@ -26,17 +28,18 @@ def certified(
     precision, the others are kept. The results are float64 values, or with ``unbounded``
     53-bit values of any exponent (see round_to_float64). ``settled`` holds results already
     decided elsewhere (the integer first step, _fast.py): those that are not None are taken as
-    they are and only the others evaluated.
+    they are and only the others evaluated. With ``as_float`` the results are Python floats
+    (each the float64 an mpf result holds exactly, so the same number) instead of mpf objects.
     """
-    results: list[tuple | None] = [None] * count
+    results: list[tuple | float | None] = [None] * count
     pending: Sequence[int] = range(count)
     if settled:
         for k, decided in settled.items():
             if decided is not None:
-                results[k] = raw_of_float(decided)
+                results[k] = decided if as_float else raw_of_float(decided)
         pending = [k for k in range(count) if results[k] is None]
         if not pending:
-            return [mpmath.mp.make_mpf(value) for value in results]
+            return _finished(results, as_float)
     for bits in working_precisions():
         enclosures = evaluate(bits, pending)
         undecided = []
@@ -45,19 +48,30 @@ def certified(
             if value is None:
                 undecided.append(k)
             else:
-                results[k] = value
+                # The value is a float64 (unbounded results are never asked for as floats), so
+                # to_float is exact: it only reassembles the number.
+                results[k] = libmp.to_float(value) if as_float else value
         if not undecided:
-            return [mpmath.mp.make_mpf(value) for value in results]
+            return _finished(results, as_float)
         pending = undecided
     raise PrecisionExhausted(
         f"{what}: the rounding of result {pending[0]} was still undecided at {MAX_BITS} bits"
     )
 
 
+def _finished(results: list, as_float: bool) -> list:
+    """Every result decided: as they are (floats) or as mpf objects (from raw mpmath floats)."""
+    if as_float:
+        return results
+    return [mpmath.mp.make_mpf(value) for value in results]
+
+
 def certified_scalar(
     evaluate: Callable[[int], Enclosure], what: str, unbounded: bool = False
 ) -> mpmath.mpf:
-    return certified(lambda bits, pending: {0: evaluate(bits)}, 1, what, unbounded)[0]
+    return cast(
+        mpmath.mpf, certified(lambda bits, pending: {0: evaluate(bits)}, 1, what, unbounded)[0]
+    )
 
 
 def raw_of_float(x: float) -> tuple:

@@ -13,6 +13,7 @@ the ℓ_i (0 for ignored rows). A weight of exactly 0 removes its term even wher
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import mpmath
@@ -22,6 +23,7 @@ from mpmath.libmp import fnan, fone, fzero
 from reference import _fast
 from reference._batch import Batch, counted_weight, prepare
 from reference._certified import certified, certified_scalar, mpf_of_float
+from reference._dyadic import Logit
 from reference._enclosure import Enclosure
 from reference._row import Row
 from reference._validate import DEFAULT_IGNORE_INDEX
@@ -39,17 +41,24 @@ def cross_entropy(
     weight: Sequence[float] | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
-) -> mpmath.mpf | list[mpmath.mpf]:
-    """The cross-entropy loss of N rows of C logits, correctly rounded (see the module docstring)."""
+    as_float: bool = False,
+) -> mpmath.mpf | list[mpmath.mpf] | float | list[float]:
+    """The cross-entropy loss of N rows of C logits, correctly rounded (see the module docstring).
+
+    With ``as_float`` the result is a Python float (a list for reduction="none"): the same
+    float64, without building an mpf for each value (the property suite asks for thousands).
+    """
     batch = prepare(
         logits, targets, ignore_index, reduction, label_smoothing, weight, z_loss, softcap
     )
-    return batch_loss(batch, "cross_entropy")
+    return batch_loss(batch, "cross_entropy", as_float=as_float)
 
 
-def batch_loss(batch: Batch, what: str) -> mpmath.mpf | list[mpmath.mpf]:
+def batch_loss(
+    batch: Batch, what: str, *, as_float: bool = False
+) -> mpmath.mpf | list[mpmath.mpf] | float | list[float]:
     """The loss of a checked batch (its rows floats or exact Dyadic logits); ``what`` names the
-    caller in PrecisionExhausted's message."""
+    caller in PrecisionExhausted's message; ``as_float`` as for cross_entropy."""
     options = batch.options
     first = _fast_losses(batch)
     if options.reduction == "none":
@@ -63,20 +72,26 @@ def batch_loss(batch: Batch, what: str) -> mpmath.mpf | list[mpmath.mpf]:
                 for i in pending
             }
 
-        settled = {}
+        settled: dict[int, float | None] = {}
         if first is not None:
-            settled = {i: _fast.round_interval(*loss) for i, loss in first[1].items() if loss}
+            rounded: dict[_fast.Interval, float | None] = {}  # repeated rows share an interval
+            for i, loss in first[1].items():
+                if loss is not None:
+                    if loss not in rounded:
+                        rounded[loss] = _fast.round_interval(*loss)
+                    settled[i] = rounded[loss]
             settled.update((i, 0.0) for i in range(len(batch.rows)) if i not in counted)
-        return certified(evaluate, len(batch.rows), what, settled=settled)
+        return certified(evaluate, len(batch.rows), what, settled=settled, as_float=as_float)
     if options.reduction == "mean" and not batch.counted:
-        return mpmath.mpf("nan")
+        return math.nan if as_float else mpmath.mpf("nan")
     if first is not None:
         terms, losses = first
         denominator = _fast.counted_weight(terms, batch.targets, batch.counted)
         value = _fast.reduce(losses, options.reduction, denominator)
         if value is not None:
-            return mpf_of_float(value)
-    return certified_scalar(lambda bits: _reduced_loss(batch, bits), what)
+            return value if as_float else mpf_of_float(value)
+    loss = certified_scalar(lambda bits: _reduced_loss(batch, bits), what)
+    return float(loss) if as_float else loss
 
 
 def _fast_losses(
@@ -87,7 +102,13 @@ def _fast_losses(
     if options.softcap is not None or not _fast.enabled():
         return None
     terms = _fast.LossTerms(batch.classes, options.smoothing, options.z_loss, options.weight)
-    return terms, _fast.row_losses(batch.rows, batch.targets, batch.counted, terms)
+    # A row repeated with the same target has the same loss: a tall batch of a few distinct rows
+    # costs a few rows.
+    rows, targets = batch.rows, batch.targets
+    distinct: dict[tuple[tuple[Logit, ...], int], int] = {}
+    first_of = [distinct.setdefault((tuple(rows[i]), targets[i]), i) for i in batch.counted]
+    computed = _fast.row_losses(rows, targets, sorted(set(first_of)), terms)
+    return terms, {i: computed[first] for i, first in zip(batch.counted, first_of, strict=True)}
 
 
 def _reduced_loss(batch: Batch, bits: int) -> Enclosure:

@@ -49,26 +49,29 @@ def cross_entropy_grad(
     z_loss: float = 0.0,
     softcap: float | None = None,
     grad_output: float | Sequence[float] | None = None,
-) -> list[list[mpmath.mpf]]:
+    as_float: bool = False,
+) -> list[list[mpmath.mpf]] | list[list[float]]:
     """∂ cross_entropy / ∂ logits (N rows of C), each element correctly rounded.
 
     ``grad_output`` is the upstream gradient: a number for "mean" and "sum", N numbers for
     "none" (default 1). Ignored rows are exactly zero. With reduction="mean" and no counted row
     the gradient is zero (the loss is NaN, but no element depends on it); counted rows whose
-    target weights sum to 0 are NaN, as in PyTorch.
+    target weights sum to 0 are NaN, as in PyTorch. With ``as_float`` the elements are Python
+    floats (the same float64 values) instead of mpf objects.
     """
     batch = prepare(
         logits, targets, ignore_index, reduction, label_smoothing, weight, z_loss, softcap
     )
     options = batch.options
     upstream = _validate.grad_output(grad_output, options.reduction, len(batch.rows))
-    gradient = [[mpmath.mpf(0)] * batch.classes for _ in batch.rows]
+    zero, nan = (0.0, math.nan) if as_float else (mpmath.mpf(0), mpmath.mpf("nan"))
+    gradient: list[list] = [[zero] * batch.classes for _ in batch.rows]
     if not batch.counted:
         return gradient
     denominator = counted_weight(batch) if options.reduction == "mean" else fone
     if denominator == fzero:
         for i in batch.counted:
-            gradient[i] = [mpmath.mpf("nan")] * batch.classes
+            gradient[i] = [nan] * batch.classes
         return gradient
     first_step = None
     if options.softcap is None and _fast.enabled():
@@ -77,7 +80,7 @@ def cross_entropy_grad(
         )
     # A row repeated with the same target and upstream value has the same gradient row: a tall
     # batch of a few distinct rows costs a few rows (the mpf results are immutable, so shared).
-    repeated: dict[tuple[tuple[Logit, ...], int, float], list[mpmath.mpf]] = {}
+    repeated: dict[tuple[tuple[Logit, ...], int, float], list] = {}
     for i in batch.counted:
         if options.z_loss != 0 and options.softcap is None and math.inf in batch.rows[i]:
             raise ValueError(f"logits[{i}] holds +inf: with z_loss its gradient is undefined")
@@ -95,7 +98,9 @@ def cross_entropy_grad(
                 numerator,
                 _fast.dyadic_of(denominator),
             )
-        gradient[i] = _row_gradient(batch, i, libmp.from_float(numerator), denominator, settled)
+        gradient[i] = _row_gradient(
+            batch, i, libmp.from_float(numerator), denominator, settled, as_float=as_float
+        )
         repeated[key] = gradient[i]
     return gradient
 
@@ -106,7 +111,9 @@ def _row_gradient(
     numerator: MPF,
     denominator: MPF,
     settled: list[float | None] | None = None,
-) -> list[mpmath.mpf]:
+    *,
+    as_float: bool = False,
+) -> list[mpmath.mpf] | list[float]:
     """The row's elements; those ``settled`` by the integer first step are taken as they are."""
     constants: dict[int, _RowConstants] = {}
 
@@ -123,6 +130,7 @@ def _row_gradient(
         batch.classes,
         "cross_entropy_grad",
         settled=dict(enumerate(settled)) if settled is not None else None,
+        as_float=as_float,
     )
 
 

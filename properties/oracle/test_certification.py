@@ -59,6 +59,39 @@ def test_cross_entropy_grad_is_correctly_rounded(data: st.DataObject) -> None:
 
 @oracle_settings
 @given(data=st.data())
+def test_floats_are_the_values_the_mpf_results_hold(data: st.DataObject) -> None:
+    """cross_entropy(x, y, as_float=True) = float(cross_entropy(x, y)), and the same for
+    cross_entropy_grad, for every keyword, on batches that repeat their rows (the oracle computes
+    a repeated row once); the repeated batch is also correctly rounded.  [ORACLE-CERT]"""
+    batch = data.draw(batches(), label="batch")
+    repeats = data.draw(st.integers(1, 3), label="repeats")
+    logits, targets = batch.logits * repeats, batch.targets * repeats
+    options = data.draw(loss_options(batch), label="options")
+    grad_output = data.draw(grad_outputs(options["reduction"], len(targets)), label="g")
+    call = describe("cross_entropy", logits, targets, **options)
+    loss = reference.cross_entropy(logits, targets, **options)
+    loss_floats = reference.cross_entropy(logits, targets, **options, as_float=True)
+    assert _only_floats(loss_floats), f"{call}: as_float=True returned {loss_floats!r}"
+    assert_rounds_alike(loss_floats, loss, call, "its mpf result")
+    expected = _naive.cross_entropy(logits, targets, **options)
+    assert_rounds_alike(loss, expected, call, "naive", witness_error=_naive.ABSOLUTE_ERROR)
+    call = describe("cross_entropy_grad", logits, targets, **options, grad_output=grad_output)
+    grad = reference.cross_entropy_grad(logits, targets, **options, grad_output=grad_output)
+    grad_floats = reference.cross_entropy_grad(
+        logits, targets, **options, grad_output=grad_output, as_float=True
+    )
+    assert _only_floats(grad_floats), f"{call}: as_float=True returned {grad_floats!r}"
+    assert_rounds_alike(grad_floats, grad, call, "its mpf result")
+
+
+def _only_floats(result: Any) -> bool:
+    if isinstance(result, list):
+        return all(map(_only_floats, result))
+    return type(result) is float
+
+
+@oracle_settings
+@given(data=st.data())
 def test_primitives_are_correctly_rounded(data: st.DataObject) -> None:
     """float(f(x)) = round64(f(x)) for logsumexp, log_softmax, token_nll, sequence_logprob,
     sequence_prob.  [ORACLE-CERT]"""
