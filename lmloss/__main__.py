@@ -7,14 +7,14 @@ Exit codes follow the checker's contract: 0 success, 1 a clause failed (or the j
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from lmloss import _check_cli, _oracle_cli, _train_cli
-
 # Each sub-command module exposes add_parser(subparsers), which registers the command and
-# sets `run` (args -> exit code) as its default.
-_COMMANDS = (_oracle_cli, _check_cli, _train_cli)
+# sets `run` (args -> exit code) as its default. Imported when the parser is built: they import
+# torch, and `check` first starts its workers' forkserver (see main).
+_COMMANDS = ("lmloss._oracle_cli", "lmloss._check_cli", "lmloss._train_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in _COMMANDS:
-        command.add_parser(subparsers)
+        importlib.import_module(command).add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["check"] and not {"-h", "--help"} & set(arguments):
+        # The workers' forkserver imports torch and the catalogue while this process does the
+        # same below (the package imports nothing until asked): about 1.5 s sooner to the first
+        # clause on two cores.
+        from properties.engine import forkserver
+
+        forkserver.start()
+    args = build_parser().parse_args(arguments)
     return int(args.run(args))
 
 

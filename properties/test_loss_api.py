@@ -433,3 +433,18 @@ def test_bad_shapes_and_dtypes_are_named(
 def test_lmloss_exports_the_loss_api() -> None:
     for name in ("lm_loss", "sequence_logprob", "perplexity", "LMLoss", "cross_entropy"):
         assert name in lmloss.__all__
+
+
+def test_every_public_name_is_found_and_the_package_imports_no_torch() -> None:
+    """lmloss.__all__ names what the package defines, each found on first use; importing the
+    package itself imports no torch (``lmloss check`` starts its workers' forkserver first)."""
+    import subprocess
+    import sys
+
+    assert sorted(lmloss.__all__) == sorted(lmloss._HOMES)
+    for name in lmloss.__all__:
+        assert getattr(lmloss, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        _ = lmloss.no_such_name
+    probe = "import sys, lmloss; assert 'torch' not in sys.modules, 'import lmloss imported torch'"
+    subprocess.run([sys.executable, "-c", probe], check=True)

@@ -37,6 +37,7 @@ from multiprocessing.context import ForkServerContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from properties.engine import forkserver
 from properties.engine.clause import Violation
 from properties.engine.job import Job, find_clause
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 DEFAULT_CALL_SECONDS = 300.0
 #: How often the parent looks at the workers' clocks while none has finished.
 _POLL_SECONDS = 0.25
-_PRELOAD = ["torch", "hypothesis", "properties.catalogue", "properties.engine.check"]
 
 
 def usable_cores() -> int:
@@ -105,8 +105,7 @@ class WorkerPool:
             self.threads = worker_threads(self.size)
         elif self.threads < 1:
             raise ValueError(f"a worker needs at least one thread, not {self.threads}")
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(_PRELOAD)
+        self._context = forkserver.context()
         self._directory = tempfile.TemporaryDirectory(prefix="lmloss-workers-")
 
     def __enter__(self) -> WorkerPool:
