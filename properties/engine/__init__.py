@@ -5,6 +5,7 @@ contract (properties/contract/). It knows no clause of its own: the catalogue li
     check.py     SPEC loading, dtype and clause selection, check_kernel -> KernelReport
     job.py       Job: one clause × dtype × kernel as picklable data; runs here or in a worker
     workers.py   WorkerPool: worker processes; a crash or a hang is a finding; -j N
+    forkserver.py  the server workers fork from and what it preloads (torch-free)
     runner.py    run_clause: one clause under Hypothesis -> ClauseResult (plain data)
     clause.py    Clause, the @clause decorator, Trial, Violation, applicability conditions
     checks.py    elementwise comparison against an expected value within a bound
