@@ -56,7 +56,9 @@ class ExpTerms:
         while sigma_bits * (terms + 1) + math.log2(math.factorial(terms + 1)) < guard + 2:
             terms += 1
         self._taylor_terms = terms
-        self._sigma_mask = (1 << (self.fraction_bits - sigma_bits)) - 1
+        self._taylor_divisors = tuple(range(terms, 0, -1))  # Horner's order: n, n − 1, …, 1
+        self._sigma_bits = self.fraction_bits - sigma_bits  # σ·2^F's bits: those below b₄
+        self._sigma_mask = (1 << self._sigma_bits) - 1
 
     def _entry(self, table: int, byte: int) -> int:
         """exp(−byte/2^s) for the table's shift s, as a G-bit integer (error ≤ 2 units)."""
@@ -84,26 +86,31 @@ class ExpTerms:
         guard = self.guard_bits
         a = fixed >> fraction_bits
         sigma = fixed & self._sigma_mask
-        significand, exponent = self.whole(a)
+        # whole(a)'s cache read here: a call per term is a good part of a small row's time.
+        whole = self._whole.get(a)
+        significand, exponent = self.whole(a) if whole is None else whole
         # A zero byte or σ = 0 contributes the factor exactly 1 (2^G / 2^G): skipped, exactly.
         # Logits of few significant bits (bfloat16, float16, float32) leave σ = 0 in most terms.
         first, second, third, fourth = self._byte_tables
-        byte = (fixed >> (fraction_bits - 8)) & 255
+        # b₁…b₄ from one small integer (the 32 bits after the point): cheaper than four shifts
+        # of the whole argument.
+        bytes_ = (fixed >> self._sigma_bits) & 0xFFFFFFFF
+        byte = bytes_ >> 24
         if byte:
             significand = (significand * (first[byte] or self._entry(0, byte))) >> guard
-        byte = (fixed >> (fraction_bits - 16)) & 255
+        byte = (bytes_ >> 16) & 255
         if byte:
             significand = (significand * (second[byte] or self._entry(1, byte))) >> guard
-        byte = (fixed >> (fraction_bits - 24)) & 255
+        byte = (bytes_ >> 8) & 255
         if byte:
             significand = (significand * (third[byte] or self._entry(2, byte))) >> guard
-        byte = (fixed >> (fraction_bits - 32)) & 255
+        byte = bytes_ & 255
         if byte:
             significand = (significand * (fourth[byte] or self._entry(3, byte))) >> guard
         if sigma:
             one = self._one
             poly = one
-            for k in range(self._taylor_terms, 0, -1):
+            for k in self._taylor_divisors:
                 poly = one - ((sigma * poly) >> fraction_bits) // k
             significand = (significand * poly) >> guard
         return significand, exponent

@@ -29,15 +29,17 @@ It runs only at the default starting precision: the tests that start the oracle 
 
 Rows are cached by value (a FixedRow per distinct row, up to a budget of elements): the suite
 asks for the loss and the gradient of one batch, of its splits and of its permutations, and
-each distinct row is prepared once.
+each distinct row is prepared once. Short rows also share their terms' bounds, by D_j: logits
+of few significant bits (bfloat16) give the same gaps m − x_j in row after row.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
+from operator import sub as _subtract
 from typing import cast
 
 from mpmath import libmp
@@ -54,6 +56,7 @@ _TABLE = exp_terms(FAST_BITS)
 FRACTION_BITS = _TABLE.fraction_bits
 _GUARD_BITS = _TABLE.guard_bits
 _LOG_PREC = FAST_BITS + 16
+_GRID_ONE = 1 << FRACTION_BITS
 #: Rows kept in the cache, counted in logits (about 400 bytes each once the gradient has used
 #: a row: 2^20 logits hold about 400 MB).
 CACHE_ELEMENTS = 1 << 20
@@ -76,11 +79,10 @@ def _to_float(n: int, scale: int) -> float | None:
     if n == 0:
         return 0.0
     magnitude = -n if n < 0 else n
-    bits = magnitude.bit_length()
-    if bits > 60:
-        shift = bits - 60
+    shift = magnitude.bit_length() - 60
+    if shift > 0:
         kept = magnitude >> shift
-        if magnitude & ((1 << shift) - 1):
+        if kept << shift != magnitude:  # a bit cut: the sticky bit
             kept |= 1
         magnitude = kept
         scale += shift
@@ -139,12 +141,36 @@ def _divide(interval: Interval, divisor: int, extra_bits: int) -> Interval:
 
 
 _ZERO: Interval = (0, 0, 0)
+#: e_j = 1 exactly (D_j = 0, exact), as term bounds.
+_ONE_TERM = (1 << _GUARD_BITS, 1 << _GUARD_BITS, -_GUARD_BITS)
+#: A term's slack (Row.term_bounds' relative 2^(1−Q)) is its significand shifted by this, plus 1.
+_SLACK_SHIFT = FAST_BITS - 1
+#: Where the sum of terms starts (0 on this grid): above every term's exponent (each term is
+#: ≤ 1), so the first term kept moves the sum down to its own, as any lower one does after it.
+_ABOVE_EVERY_EXPONENT = 1 << 62
 #: Terms left out of S are bounded by 2^-a with a capped here: 2^-4096 of anything that reaches
 #: float64 still rounds to nothing, and the integers stay small.
 _DROPPED_WHOLE_CAP = 4096
 
 
 # ---- rows -------------------------------------------------------------------------------------
+
+
+def _beyond_cut(count: int) -> int:
+    """(cut + 1)·2^F for a row of ``count`` finite terms: a term with D_j at least this has
+    ⌊m − x_j⌋ > cut, and is left out of S as in Row.sum_terms."""
+    cut = 2 + math.ceil((FAST_BITS + count.bit_length() + 10) * math.log(2))
+    return (cut + 1) << FRACTION_BITS
+
+
+#: _beyond_cut by row length (it depends on nothing else): a small row would otherwise spend a
+#: good part of its time on the float log and ceil.
+_BEYOND_CUT: dict[int, int] = {}
+#: Term bounds by D_j, for rows of at most _SHARED_ROW_LENGTH finite terms (a longer row keeps
+#: its own, where its repeats are), up to _SHARED_TERMS_LIMIT of them (then forgotten at once).
+_SHARED_TERMS: dict[int, tuple[int, int, int]] = {}
+_SHARED_ROW_LENGTH = 64
+_SHARED_TERMS_LIMIT = 1 << 16
 
 
 class FixedRow:
@@ -171,23 +197,27 @@ class FixedRow:
         fraction_bits = FRACTION_BITS
         self.values = values
         masked = -math.inf in values
-        finite = (
-            [j for j, x in enumerate(values) if x != -math.inf]
-            if masked
-            else list(range(len(values)))
-        )
+        if masked:
+            finite: Sequence[int] = [j for j, x in enumerate(values) if x != -math.inf]
+            top = max([values[j] for j in finite])
+        else:
+            finite = range(len(values))
+            top = max(values)
         self.finite = finite
-        top = max(values[j] for j in finite) if masked else max(values)
         self.top = top
-        top_fixed, top_exact = _floor_fixed(top, fraction_bits)
-        self.top_fixed, self.top_exact = top_fixed, top_exact
         # (m − x_j)·2^F lies in [D_j, D_j + 2) (exactly D_j where ``exact``), see Row._fix_arguments.
         on_grid = None if masked else _on_grid(values, fraction_bits)
         if on_grid is not None:  # every x_j·2^F an integer: each D_j exact, from C-speed steps
-            self.arguments = [top_fixed - x_fixed for x_fixed in on_grid]
+            # m·2^F is the largest x_j·2^F (scaling by 2^F is exact and monotone): ⌊m·2^F⌋ itself.
+            top_fixed = max(on_grid)
+            self.top_fixed, self.top_exact = top_fixed, True
+            self.arguments = list(map(_subtract, repeat(top_fixed), on_grid))
             self.exact = [True] * len(values)
         else:
+            top_fixed, top_exact = _floor_fixed(top, fraction_bits)
+            self.top_fixed, self.top_exact = top_fixed, top_exact
             self.arguments, self.exact = self._arguments_one_by_one(top_fixed, top_exact)
+        # Term bounds by D_j, for a row longer than _SHARED_ROW_LENGTH (shorter rows share theirs).
         self._terms: dict[int, tuple[int, int, int]] = {}
         self.total = self._sum_terms()
         self.log_total = _log_on_grid(*self.total)
@@ -218,61 +248,81 @@ class FixedRow:
 
     def term_bounds(self, j: int) -> tuple[int, int, int]:
         """e_j ∈ [lo·2^exp, hi·2^exp] (j finite): the bounds of Row.term_bounds."""
-        cached = self._terms.get(j)
+        argument = self.arguments[j]
+        if argument == 0 and self.exact[j]:
+            return _ONE_TERM
+        # Cached by D_j (the bounds depend on nothing else): _sum_terms fills one of these for
+        # the terms it keeps, so a tie or a repeated gap is computed once.
+        cached = self._terms.get(argument) or _SHARED_TERMS.get(argument)
         if cached is None:
-            argument = self.arguments[j]
-            if argument == 0 and self.exact[j]:
-                one = 1 << _GUARD_BITS
-                cached = (one, one, -_GUARD_BITS)
-            else:
-                significand, exponent = _TABLE.exp_neg(argument)
-                slack = (significand >> (FAST_BITS - 1)) + 1
-                cached = (significand - slack, significand + slack, exponent)
-            self._terms[j] = cached
+            significand, exponent = _TABLE.exp_neg(argument)
+            slack = (significand >> _SLACK_SHIFT) + 1
+            cached = self._terms[argument] = (significand - slack, significand + slack, exponent)
         return cached
 
     def _sum_terms(self) -> tuple[int, int, int]:
         """S = Σ_j e_j as [lo, hi]·2^exp; terms below e^-cut dropped and bounded as in Row.sum_terms."""
-        fraction_bits = FRACTION_BITS
-        count = len(self.finite)
-        cut = 2 + math.ceil((FAST_BITS + count.bit_length() + 10) * math.log(2))
+        finite = self.finite
+        count = len(finite)
+        beyond_cut = _BEYOND_CUT.get(count)
+        if beyond_cut is None:
+            beyond_cut = _BEYOND_CUT[count] = _beyond_cut(count)
         arguments = self.arguments
-        terms = self._terms
-        exp_neg = _TABLE.exp_neg
-        one = 1 << _GUARD_BITS
-        kept = []
         exact = self.exact
-        # A repeated D_j (a tie, or a logit of few significant bits: bfloat16) is computed once.
-        known: dict[int, tuple[int, int, int]] = {}
-        beyond_cut = (cut + 1) << fraction_bits  # D_j ≥ this ⇔ ⌊m − x_j⌋ > cut
-        for j in self.finite:
-            argument = arguments[j]
+        exp_neg = _TABLE.exp_neg
+        slack_shift = _SLACK_SHIFT
+        # A repeated D_j (a tie, or a logit of few significant bits: bfloat16) is computed once;
+        # term_bounds reads the same dict. Small rows share one across rows: their logits of few
+        # bits repeat the same gaps from row to row.
+        if count > _SHARED_ROW_LENGTH:
+            known = self._terms
+        else:
+            known = _SHARED_TERMS
+            if len(known) > _SHARED_TERMS_LIMIT:
+                known.clear()
+        one = 1 << _GUARD_BITS
+        # Σ lo_j·2^(exp_j − base) with base the least exponent of the kept terms, summed as the
+        # terms come: where a term's exponent is below the base so far, the partial sums are
+        # shifted up to it first. Every shift is exact, so the integers are the same as summing
+        # after the minimum is known.
+        lo = hi = dropped = 0
+        base = _ABOVE_EVERY_EXPONENT
+        pairs: Iterable[tuple[int, bool]] = (
+            zip(arguments, exact, strict=True)
+            if count == len(arguments)
+            else [(arguments[j], exact[j]) for j in finite]
+        )
+        for argument, is_exact in pairs:
             if argument >= beyond_cut:
+                dropped += 1
                 continue
-            if argument == 0 and exact[j]:
-                bounds = (one, one, -_GUARD_BITS)
+            if argument == 0 and is_exact:
+                term_lo = term_hi = one
+                exponent = -_GUARD_BITS
             else:  # as term_bounds, inline: this loop is the oracle's hottest
-                bounds = known.get(argument)  # type: ignore[assignment]
+                bounds = known.get(argument)
                 if bounds is None:
                     significand, exponent = exp_neg(argument)
-                    slack = (significand >> (FAST_BITS - 1)) + 1
+                    slack = (significand >> slack_shift) + 1
                     bounds = known[argument] = (significand - slack, significand + slack, exponent)
-            terms[j] = bounds
-            kept.append(bounds)
-        base = min(exponent for _, _, exponent in kept)
-        lo = hi = 0
-        for term_lo, term_hi, exponent in kept:
-            shift = exponent - base
-            lo += term_lo << shift
-            hi += term_hi << shift
+                term_lo, term_hi, exponent = bounds
+            if exponent >= base:
+                shift = exponent - base
+                lo += term_lo << shift
+                hi += term_hi << shift
+            else:
+                shift = base - exponent
+                lo = (lo << shift) + term_lo
+                hi = (hi << shift) + term_hi
+                base = exponent
         self.kept_high = hi
         #: (how many terms were left out, a lower bound on their ⌊m − x_j⌋), for a finer bound
         #: on them than S carries: each is below e^-a ≤ 2^-a.
         self.dropped: tuple[int, int] | None = None
-        if len(kept) < count:
+        if dropped:
             hi += (hi >> (FAST_BITS + 8)) + 1
-            wholes = [arguments[j] >> fraction_bits for j in self.finite]
-            self.dropped = (count - len(kept), min(a for a in wholes if a > cut))
+            nearest = min([arguments[j] for j in finite if arguments[j] >= beyond_cut])
+            self.dropped = (dropped, nearest >> FRACTION_BITS)
         return lo, hi, base
 
     def argument(self, j: int) -> Interval:
@@ -342,17 +392,18 @@ def _log_on_grid(lo: int, hi: int, exponent: int) -> Interval:
     """
     guess = math.log(math.ldexp(float(lo), exponent)) if lo else 0.0
     numerator, denominator = guess.as_integer_ratio()
-    if denominator <= 1 << FRACTION_BITS:
-        guess_fixed = (numerator << FRACTION_BITS) // denominator  # exact
+    if denominator <= _GRID_ONE:
+        # The denominator is a power of two: the division exact, as a shift.
+        guess_fixed = numerator << (FRACTION_BITS + 1 - denominator.bit_length())
         significand, term_exponent = _TABLE.exp_neg(guess_fixed)
-        slack = (significand >> (FAST_BITS - 1)) + 1
+        slack = (significand >> _SLACK_SHIFT) + 1
         scale = exponent + term_exponent
         one = 1 << -scale
         r_lo = lo * (significand - slack) - one
         r_hi = hi * (significand + slack) - one
         if 2 * max(abs(r_lo), abs(r_hi)) <= one:
             shift = -scale - FRACTION_BITS  # r on the grid: r·2^F = r_int >> shift
-            low = (r_lo * ((1 << -scale) - r_lo)) >> (shift - scale)  # (r − r²)·2^F, floored
+            low = (r_lo * (one - r_lo)) >> (shift - scale)  # (r − r²)·2^F, floored
             high = -((-r_hi) >> shift)
             return guess_fixed + low, guess_fixed + high, -FRACTION_BITS
     return _mpmath_log_on_grid(lo, hi, exponent)
@@ -390,7 +441,7 @@ def fixed_row(values: Sequence[Logit]) -> FixedRow | None:
     if row is not None:
         _cache.move_to_end(key)
         return row
-    if math.inf in key or all(x == -math.inf for x in key):
+    if math.inf in key or key.count(-math.inf) == len(key):
         return None
     row = FixedRow(key)
     _cache[key] = row
@@ -406,6 +457,7 @@ def clear_cache() -> None:
     global _cached_elements
     _cache.clear()
     _cached_elements = 0
+    _SHARED_TERMS.clear()
 
 
 def enabled() -> bool:
@@ -549,7 +601,11 @@ def negative_log_likelihood(values: Sequence[float], t: int) -> Interval | None:
     row = fixed_row(values)
     if row is None or values[t] == -math.inf:
         return None
-    return row.nll(t)
+    # row.nll(t) inline: both parts are on the 2^-F grid, so the sum is end by end.
+    low = row.arguments[t]
+    high = low if row.exact[t] else low + 2
+    log_lo, log_hi, _ = row.log_total
+    return low + log_lo, high + log_hi, -FRACTION_BITS
 
 
 def dyadic_of(x: tuple) -> tuple[int, int]:
@@ -649,22 +705,26 @@ def row_gradient(
     arguments = row.arguments
     gradient: list[float | None] = []
     smoothing = eps_man != 0
+    weights = terms.weight_ints
+    # The weight in offset()'s key, so that a c·B_j already made is read here without a call.
+    keyed_weights = weights if smoothing else None
     for j, x in enumerate(values):
         is_target = j == t
         if is_target and x == row.top:
             gradient.append(_top_target_element(terms, row, t, a_times_c, k_lo, k_hi, k_scale, up))
             continue
-        needs_offset = is_target or (smoothing and terms.weight_of(j)[0] != 0)
+        needs_offset = is_target or (smoothing and (weights is None or weights[j] != 0))
+        if needs_offset:
+            key = (is_target, 0 if keyed_weights is None else keyed_weights[j])
+            b_lo, b_hi, b_scale = offsets.get(key) or offset(is_target, j)
         if x == -math.inf:  # p_j = 0: the element is −c·B_j
             if not needs_offset:
                 gradient.append(0.0)
                 continue
-            b_lo, b_hi, b_scale = offset(is_target, j)
             gradient.append(round_interval(-b_hi, -b_lo, b_scale))
             continue
         whole = arguments[j] >> FRACTION_BITS
         if needs_offset:
-            b_lo, b_hi, b_scale = offset(is_target, j)
             below_grid = whole >= k_bound.bit_length() + k_scale - b_scale
         else:
             below_grid = whole >= negligible
