@@ -128,10 +128,16 @@ def targets(
     """N class indices in [0, C), or the ignore_index (``rows_of`` names what has the N rows)."""
     if isinstance(values, (str, bytes)) or not _iterable(values):
         raise TypeError(f"targets must be a sequence of ints, got {type(values).__name__}")
-    result = [index(v, f"targets[{i}]") for i, v in enumerate(values)]
+    result = list(values)
+    if set(map(type, result)) - {int}:  # plain ints (the common case) need no loop per value
+        result = [index(v, f"targets[{i}]") for i, v in enumerate(result)]
     if len(result) != rows:
         raise ValueError(f"length mismatch: {rows} rows of {rows_of} but {len(result)} targets")
-    for i, t in enumerate(result):
+    classes_used = set(result)
+    classes_used.discard(ignore_index)
+    if not classes_used or (min(classes_used) >= 0 and max(classes_used) < classes):
+        return result
+    for i, t in enumerate(result):  # some target is out of range: name the first
         if t != ignore_index and not 0 <= t < classes:
             raise ValueError(
                 f"targets[{i}] = {t} is out of range for {classes} classes"
