@@ -24,6 +24,7 @@ properties/oracle/ with torch not installed.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,13 @@ def pytest_configure(config: pytest.Config) -> None:
             f"LMLOSS_PROFILE={PROFILE!r}: expected one of {', '.join(PROFILES)}"
         )
     settings.load_profile(PROFILE)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Everything imported for the tests (torch, Hypothesis, the catalogue) lives to the end of
+    the run: out of the collector's reach, it is not traversed at every collection, as in
+    ``lmloss check``'s workers (properties/engine/workers.py)."""
+    gc.freeze()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -226,6 +227,11 @@ def _serve(
     """A worker: run each job it is sent until it is sent None or its parent goes away."""
     # Ctrl-C is the parent's to handle: it stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What the forkserver imported (torch, Hypothesis, the catalogue) lives as long as the
+    # worker: out of the collector's reach, it is not traversed again at every collection that
+    # the oracle's and the strategies' many small objects set off (eight clauses in one
+    # process: 8.0 s and 7.9 s of CPU without, 5.7 s and 5.9 s with).
+    gc.freeze()
     if threads is not None:
         import torch
 
