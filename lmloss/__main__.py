@@ -7,7 +7,9 @@ Exit codes follow the checker's contract: 0 success, 1 a clause failed (or the j
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,13 +34,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["check"] and not {"-h", "--help"} & set(arguments):
         # The workers' forkserver imports torch and the catalogue while this process does the
-        # same below (the package imports nothing until asked): about 1.5 s sooner to the first
-        # clause on two cores.
+        # same below (the package imports nothing until asked), not after it.
         from properties.engine import forkserver
 
         forkserver.start()
     args = build_parser().parse_args(arguments)
-    return int(args.run(args))
+    code = int(args.run(args))
+    if argv is None and args.command == "check":
+        _end_process(code)
+    return code
+
+
+def _end_process(code: int) -> None:
+    """End the check's process now that its report is written: the output flushed and the exit
+    handlers run (multiprocessing's removes its sockets), then os._exit, which skips tearing
+    down torch, Hypothesis and the catalogue module by module after the verdict is out
+    (`lmloss check torch.nn.functional:cross_entropy --clause CE-SUM --dtype float32`, three
+    runs each: 3.8 to 5.1 s with it, 5.1 to 7.3 s without). Only for the program itself: a
+    caller of main() (the tests) gets the code back."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 if __name__ == "__main__":
