@@ -36,7 +36,7 @@ of few significant bits (bfloat16) give the same gaps m − x_j in row after row
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from itertools import repeat
 from operator import sub as _subtract
@@ -170,6 +170,8 @@ _BEYOND_CUT: dict[int, int] = {}
 #: its own, where its repeats are), up to _SHARED_TERMS_LIMIT of them (then forgotten at once).
 _SHARED_TERMS: dict[int, tuple[int, int, int]] = {}
 _SHARED_ROW_LENGTH = 64
+#: Rows longer than this are summed by distinct argument (collections.Counter), see _sum_terms.
+_COUNTED_ROW_LENGTH = 1 << 14
 _SHARED_TERMS_LIMIT = 1 << 16
 
 
@@ -292,9 +294,15 @@ class FixedRow:
             if count == len(arguments)
             else [(arguments[j], exact[j]) for j in finite]
         )
-        for argument, is_exact in pairs:
+        # A long row is summed by distinct (D_j, exact) with multiplicities n, counted at C
+        # speed: n·lo_j and n·hi_j are the same integers as n additions of lo_j and hi_j. The
+        # rows of the suite's largest vocabularies repeat a few thousand values.
+        repeats: Iterable[tuple[tuple[int, bool], int]] = (
+            Counter(pairs).items() if count > _COUNTED_ROW_LENGTH else zip(pairs, repeat(1))
+        )
+        for (argument, is_exact), n in repeats:
             if argument >= beyond_cut:
-                dropped += 1
+                dropped += n
                 continue
             if argument == 0 and is_exact:
                 term_lo = term_hi = one
@@ -306,6 +314,8 @@ class FixedRow:
                     slack = (significand >> slack_shift) + 1
                     bounds = known[argument] = (significand - slack, significand + slack, exponent)
                 term_lo, term_hi, exponent = bounds
+            if n != 1:
+                term_lo, term_hi = n * term_lo, n * term_hi
             if exponent >= base:
                 shift = exponent - base
                 lo += term_lo << shift
