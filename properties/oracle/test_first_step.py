@@ -10,6 +10,7 @@ import math
 import random
 from fractions import Fraction
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -106,3 +107,29 @@ def test_first_step_settles_ordinary_rows() -> None:
             assert loss is not None and _fast.round_interval(*loss) is not None, (row, options)
             gradient = _fast.row_gradient(terms, row, target, 1.0, (len(logits), 0))
             assert gradient is not None and None not in gradient, (row, options)
+
+
+def test_a_long_row_summed_by_counts_is_summed_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S of a row of more than _COUNTED_ROW_LENGTH classes, summed by distinct argument times its
+    count, is the same integer interval as summed term by term.  [ORACLE-FIRST]"""
+    rng = random.Random(1)
+    classes = 2 * _fast._COUNTED_ROW_LENGTH  # a fifth masked leaves more than the threshold
+    masked = [-math.inf if rng.random() < 0.2 else 0.0 for _ in range(classes)]
+    rows = [
+        [round(rng.gauss(0.0, 1.0) * 64) / 64 * 3.1 + 7.3 for _ in range(classes)],  # repeats
+        [float(f"{rng.gauss(0.0, 4.0):.7g}") + m for m in masked],  # distinct, some masked
+        [2.5] * classes,  # one tie throughout
+    ]
+    rows[1][0] = 0.0
+    counted = []
+    for row in rows:
+        _fast.clear_cache()
+        fixed = _fast.fixed_row(row)
+        assert fixed is not None
+        counted.append((fixed.total, fixed.dropped))
+    monkeypatch.setattr(_fast, "_COUNTED_ROW_LENGTH", 2**62)  # term by term
+    for row, expected in zip(rows, counted, strict=True):
+        _fast.clear_cache()
+        fixed = _fast.fixed_row(row)
+        assert fixed is not None
+        assert (fixed.total, fixed.dropped) == expected
