@@ -477,10 +477,37 @@ def test_cross_entropy_on_cuda_is_the_fused_kernel() -> None:
 #: What the default CI checks through `lmloss check` (the full run is issue 12's command, minutes
 #: under the interpreter; the oracle tests above cover values and gradients in every dtype): the
 #: gradient of views (CE-LAYOUT-GRAD) and purity (CE-PURE), which holds for the in-place spec
-#: only because it declares its writes; in bfloat16, the dtype where a kernel that computes in
-#: the input dtype shows.
+#: only because it declares its writes; in float16, where a kernel that computes in the input
+#: dtype shows. Not in bfloat16: the interpreter rounds float32 subnormals to bfloat16 wrongly
+#: (test_the_interpreter_rounds_subnormals_to_bfloat16 below), so on an input whose gradient
+#: holds elements below 2^-126 the interpreted kernel is off by up to 2^-126, 1.5 × CE-LAYOUT-GRAD's
+#: bound on the example the ci profile drew after 669c6be (the oracle's value 1.48e-42, the
+#: kernel's 2.37e-38). A GPU converts in hardware.
 CHECKED_CLAUSES = ("CE-LAYOUT-GRAD", "CE-PURE")
-CHECKED_DTYPES = ("bfloat16",)
+CHECKED_DTYPES = ("float16",)
+
+
+@needs_triton
+@pytest.mark.skipif(CUDA, reason="the interpreter's conversion, not the GPU's")
+@pytest.mark.xfail(
+    strict=True, reason="triton 3.9.0's interpreter rounds float32 subnormals to bfloat16 wrongly"
+)
+def test_the_interpreter_rounds_subnormals_to_bfloat16() -> None:
+    """x.to(tl.bfloat16) in a kernel = x.to(torch.bfloat16) for float32 x below 2^-126 (and 0, 1).
+    Expected to fail while the interpreter rounds 7e-43 to 1.12e-38; when it passes, bfloat16 can
+    return to CHECKED_DTYPES."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def convert(source, destination, size: tl.constexpr) -> None:
+        offsets = tl.arange(0, size)
+        tl.store(destination + offsets, tl.load(source + offsets).to(tl.bfloat16))
+
+    values = torch.tensor([7e-43, 4.5e-42, 1e-40, 5e-39, 1.1e-38, 0.0, 1.0, 3e-45])
+    converted = torch.empty(values.shape, dtype=torch.bfloat16)
+    convert[(1,)](values, converted, values.numel())
+    assert torch.equal(converted, values.to(torch.bfloat16)), converted.float().tolist()
 
 
 @needs_triton
