@@ -29,9 +29,9 @@ DEFAULT_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16"
 
 #: Hypothesis settings per profile (deadline, database and health checks are common to all).
 #: quick: `lmloss check`'s default; a correct kernel passes every clause for float32 and bfloat16
-#:   in two to three minutes on 2 CPU cores (`lmloss check`, 34 clauses, one worker: PyTorch's
-#:   kernel 142 s, lmloss's 141 s; with -j 2, PyTorch's 107 s), and most broken kernels fail
-#:   within the first examples.
+#:   in well under a minute on 2 CPU cores (PyTorch's kernel, the 37 contract-2 clauses, -j auto:
+#:   35.2 to 41.0 s wall, README "Conformance"), and most broken kernels fail within the first
+#:   examples.
 #: ci: derandomized, so a CI run is repeatable; fewer examples, because tox runs every clause for
 #:   two kernels and the whole CI must stay well under 20 minutes.
 #: thorough: at least 10,000 examples per clause, with ``hypothesis.target`` steering toward the
