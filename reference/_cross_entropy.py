@@ -23,7 +23,6 @@ from mpmath.libmp import fnan, fone, fzero
 from reference import _fast
 from reference._batch import Batch, counted_weight, prepare
 from reference._certified import certified, certified_scalar, mpf_of_float
-from reference._dyadic import Logit
 from reference._enclosure import Enclosure
 from reference._row import Row
 from reference._validate import DEFAULT_IGNORE_INDEX
@@ -103,12 +102,12 @@ def _fast_losses(
         return None
     terms = _fast.LossTerms(batch.classes, options.smoothing, options.z_loss, options.weight)
     # A row repeated with the same target has the same loss: a tall batch of a few distinct rows
-    # costs a few rows.
+    # costs a few rows. The row's tuple is also the first step's cache key (tuple() of a tuple
+    # is itself), so it is built once.
     rows, targets = batch.rows, batch.targets
-    distinct: dict[tuple[tuple[Logit, ...], int], int] = {}
-    first_of = [distinct.setdefault((tuple(rows[i]), targets[i]), i) for i in batch.counted]
-    computed = _fast.row_losses(rows, targets, sorted(set(first_of)), terms)
-    return terms, {i: computed[first] for i, first in zip(batch.counted, first_of, strict=True)}
+    keys = [(tuple(rows[i]), targets[i]) for i in batch.counted]
+    losses = {key: terms.row_loss(*key) for key in dict.fromkeys(keys)}
+    return terms, {i: losses[key] for i, key in zip(batch.counted, keys, strict=True)}
 
 
 def _reduced_loss(batch: Batch, bits: int) -> Enclosure:

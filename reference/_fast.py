@@ -577,15 +577,6 @@ class LossTerms:
         return add(gaps, _times(row.log_total, finite_weight, self.weight_scale))
 
 
-def row_losses(
-    rows: Sequence[Sequence[Logit]],
-    targets: Sequence[int],
-    counted: Sequence[int],
-    terms: LossTerms,
-) -> dict[int, Interval | None]:
-    return {i: terms.row_loss(rows[i], targets[i]) for i in counted}
-
-
 def reduce(
     losses: dict[int, Interval | None], reduction: str, counted_weight: tuple[int, int]
 ) -> float | None:

@@ -93,7 +93,7 @@ def cross_entropy_grad(
         if first_step is not None:
             settled = _fast.row_gradient(
                 first_step,
-                batch.rows[i],
+                key[0],  # the row as a tuple: the first step's cache key, not built again
                 batch.targets[i],
                 numerator,
                 _fast.dyadic_of(denominator),
